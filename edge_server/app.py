@@ -1,0 +1,57 @@
+"""The edge-server app factory: one API, one OpenAPI document, every enabled service mounted."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+
+from edge_server import pages, views
+from edge_server.config import load_settings
+from edge_server.registry import enabled_services
+from pyedge import EdgeService, ServiceHost, __version__
+
+logger = logging.getLogger(__name__)
+
+PROCESS_SLUG = "edge-server"
+
+OPENAPI_CONFIG = {
+    "API_TITLE": "PyEdge",
+    "API_VERSION": __version__,
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": pages.SWAGGER_ASSETS_URL,
+}
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    services: Sequence[EdgeService] | None = None,
+) -> Flask:
+    """Create the edge-server: settings from defaults < EDGE_CONFIG TOML < EDGE_* env <
+    `config`; `services` replaces the installed ones (for programs embedding PyEdge, and
+    tests). Raises ConfigError naming the bad key and its source."""
+    settings = load_settings(config)
+    if services is None:
+        services = enabled_services(settings)
+    settings = load_settings(config, service_sections=[s.section for s in services])
+
+    app = Flask(__name__)
+    app.config.update(OPENAPI_CONFIG)
+    app.config.update(settings)
+    api = Api(app)
+    api.register_blueprint(views.blp)
+    app.register_blueprint(pages.bp)
+
+    host = ServiceHost(services, process_slug=PROCESS_SLUG)
+    host.init_app(app, api)
+    host.start()
+    logger.info(
+        "edge-server on node %s with %s", host.node, ", ".join(host.runtimes) or "no services"
+    )
+    return app

@@ -1,0 +1,41 @@
+"""edge-server settings: [edge] in the TOML file, EDGE_* in the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pyedge import config as cfg
+from pyedge.host import CORE_SETTINGS
+
+# The checkout's Mosquitto configuration (editable installs and containers keep it there).
+REPO_MQTT_CONFIG = Path(__file__).resolve().parent.parent / "mqtt" / "mosquitto.conf"
+
+SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
+    cfg.Setting("services", cfg.slug_list, None,
+                "service slugs to run, comma-separated (default: every installed one)"),
+    cfg.Setting("http_host", cfg.text, "0.0.0.0", "address the HTTP API listens on"),
+    cfg.Setting("http_port", cfg.integer(1, 65535), 8000, "port the HTTP API listens on"),
+    cfg.Setting("http_threads", cfg.integer(2, 64), 8,
+                "request threads of the one gunicorn worker"),
+    cfg.Setting("mqtt_embedded", cfg.boolean, True,
+                "pyedge run starts its own Mosquitto (off: use EDGE_MQTT_HOST's broker)"),
+    cfg.Setting("mqtt_bind", cfg.text, "127.0.0.1",
+                "address the embedded broker listens on"),
+    cfg.Setting("mqtt_config", cfg.path, REPO_MQTT_CONFIG,
+                "the Mosquitto configuration pyedge run starts the broker with"),
+    cfg.Setting("log_level", cfg.choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
+                "logging level"),
+)
+
+EDGE_SECTION = cfg.Section("edge", CORE_SETTINGS + SERVER_SETTINGS)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    service_sections: Iterable[cfg.Section] = (),
+) -> cfg.LoadedConfig:
+    """Load the edge section and the given services' sections; raises ConfigError."""
+    return cfg.load([EDGE_SECTION, *service_sections], overrides, environ)

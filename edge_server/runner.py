@@ -1,0 +1,144 @@
+"""Solo mode: Mosquitto, then one gunicorn worker serving the edge-server.
+
+Background Processes must run once per node. They live in the process that created the
+app, so `pyedge run` serves with exactly one gunicorn worker (gthread: concurrency comes
+from its threads), and a lock file in the data dir stops a second `pyedge run` on the
+same data from starting its own copies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from edge_server.app import create_app
+from edge_server.broker import Mosquitto
+from pyedge import PyEdgeError
+from pyedge.config import LoadedConfig
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "pyedge.lock"
+# A `wait` call can hold a request for 60 s; shutdown ends the sessions it waits on first.
+GRACEFUL_TIMEOUT_S = 10
+
+
+class NodeLocked(PyEdgeError):
+    """Another `pyedge run` already serves this data dir."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir for this process's life."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise NodeLocked(
+            f"EDGE_DATA_DIR: {data_dir} is in use by another pyedge run (pid {holder})"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def close_services(app: Flask) -> None:
+    """Stop the app's operations and say offline on the bus (idempotent)."""
+    host = app.extensions.get("pyedge")
+    if host is not None:
+        host.close()
+
+
+class EdgeServerApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn serving create_app(overrides) with one gthread worker."""
+
+    def __init__(self, settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
+        self.settings = settings
+        self.overrides = dict(overrides)
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Fixed gunicorn settings: the one-worker rule is not configurable on purpose."""
+        s = self.settings
+        options = {
+            "bind": f"{s['EDGE_HTTP_HOST']}:{s['EDGE_HTTP_PORT']}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s["EDGE_HTTP_THREADS"],
+            "timeout": 120,
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "loglevel": s["EDGE_LOG_LEVEL"].lower(),
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+            # gunicorn's control socket would live in ~/.gunicorn, shared by every node.
+            "control_socket_disable": True,
+        }
+        if "control_socket_disable" not in self.cfg.settings:  # gunicorn < 24 has none
+            del options["control_socket_disable"]
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """Create the app inside the worker, where its threads will live."""
+        return create_app(self.overrides)
+
+
+def _post_worker_init(worker: Any) -> None:
+    # On SIGTERM, end the sessions right away so that long-polling `wait` requests return
+    # and gunicorn's graceful shutdown does not sit out its timeout.
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        threading.Thread(target=close_services, args=(worker.wsgi,), daemon=True).start()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        close_services(app)
+
+
+def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
+    """Run solo mode until SIGTERM or Ctrl-C; raises PyEdgeError if it cannot start."""
+    data_dir: Path = settings["EDGE_DATA_DIR"]
+    lock = lock_data_dir(data_dir)
+    # gunicorn forks its worker inside run() below; the worker leaves through this same
+    # `finally` when it exits, and must not stop the broker the master still serves.
+    owner = os.getpid()
+    broker = None
+    try:
+        if settings["EDGE_MQTT_EMBEDDED"]:
+            broker = Mosquitto(
+                settings["EDGE_MQTT_CONFIG"], data_dir / "mosquitto",
+                settings["EDGE_MQTT_BIND"], settings["EDGE_MQTT_PORT"],
+            )
+            broker.start()
+        logger.info(
+            "serving http://%s:%d/ (API docs at /api/docs)",
+            settings["EDGE_HTTP_HOST"], settings["EDGE_HTTP_PORT"],
+        )
+        EdgeServerApplication(settings, overrides).run()
+    finally:
+        if os.getpid() == owner:
+            if broker is not None:
+                broker.stop()
+            lock.close()
+            logger.info("pyedge stopped")

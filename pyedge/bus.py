@@ -1,0 +1,197 @@
+"""The MQTT bus: one paho-mqtt 2.x client per process, reconnecting by itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+logger = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+STATE_QOS = 1
+MessageCallback = Callable[[mqtt.MQTTMessage], None]
+ConnectCallback = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """Where the broker is and who this process is on it."""
+
+    host: str
+    port: int
+    client_id: str
+    will_topic: str
+    keepalive: int = 30
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
+
+
+class Bus:
+    """A process's connection to the broker.
+
+    Subscriptions and the retained `online` status are restored after every reconnect;
+    the last will marks `will_topic` `offline` when the process dies without closing.
+    """
+
+    def __init__(self, settings: BusSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._status_topics: list[str] = [settings.will_topic]
+        self._connect_callbacks: list[ConnectCallback] = []
+        self._connected = threading.Event()
+        self._closing = False
+        self.last_error: str | None = "not connected yet"
+        self._client = self._new_client(settings.protocol)
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted the connection."""
+        return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        """host:port of the broker, for health reports."""
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def add_status_topic(self, topic: str) -> None:
+        """Mark `topic` retained `online` on every connect and `offline` on close."""
+        self._status_topics.append(topic)
+        if self.connected:
+            self.publish(topic, ONLINE, retain=True)
+
+    def on_connect(self, callback: ConnectCallback) -> None:
+        """Call `callback` (in the network thread) after every successful (re)connect."""
+        self._connect_callbacks.append(callback)
+
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = STATE_QOS) -> None:
+        """Deliver messages matching `topic` to `callback`, across reconnects."""
+        with self._lock:
+            self._subscriptions[topic] = (qos, callback)
+        self._client.message_callback_add(topic, self._guarded(callback))
+        if self.connected:
+            self._client.subscribe(topic, qos)
+
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int = STATE_QOS, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish; QoS 1 messages given while disconnected are sent after reconnect."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_json(
+        self, topic: str, value: Any, qos: int = STATE_QOS, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish `value` as compact JSON."""
+        return self.publish(topic, json.dumps(value, separators=(",", ":")), qos, retain)
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until the broker answers."""
+        self._client.connect_async(
+            self.settings.host, self.settings.port, keepalive=self.settings.keepalive
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected; False on timeout."""
+        return self._connected.wait(timeout)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Publish `offline` for every status topic, then disconnect cleanly."""
+        self._closing = True
+        if self.connected:
+            infos = [self.publish(t, OFFLINE, retain=True) for t in self._status_topics]
+            for info in infos:
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):
+                    logger.warning("offline status not confirmed by the broker")
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def _new_client(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.settings.client_id, protocol=protocol
+        )
+        client.will_set(self.settings.will_topic, OFFLINE, qos=STATE_QOS, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        with self._lock:
+            for topic, (_qos, callback) in self._subscriptions.items():
+                client.message_callback_add(topic, self._guarded(callback))
+        return client
+
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused connection: {reason_code}"
+            logger.error("%s (%s)", self.last_error, self.broker)
+            if (
+                reason_code == "Unsupported Protocol Version"
+                and client.protocol is MQTTProtocolVersion.MQTTv5
+            ):
+                # An older broker: fall back to MQTT 3.1.1 once, outside paho's thread.
+                threading.Thread(target=self._downgrade, daemon=True).start()
+            return
+        self.last_error = None
+        with self._lock:
+            subscriptions = [(t, q) for t, (q, _cb) in self._subscriptions.items()]
+        if subscriptions:
+            client.subscribe(subscriptions)
+        for topic in self._status_topics:
+            client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
+        self._connected.set()
+        logger.info("connected to MQTT broker %s as %s", self.broker, self.settings.client_id)
+        for callback in list(self._connect_callbacks):
+            try:
+                callback()
+            except Exception:
+                logger.exception("on-connect callback failed")
+
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if not self._closing:
+            self.last_error = f"disconnected from broker: {reason_code}"
+            if was_connected:
+                logger.warning("%s; reconnecting", self.last_error)
+
+    def _downgrade(self) -> None:
+        logger.warning("broker %s lacks MQTT 5; using MQTT 3.1.1", self.broker)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._client = self._new_client(MQTTProtocolVersion.MQTTv311)
+        self.start()
+
+    @staticmethod
+    def _guarded(callback: MessageCallback) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+        def deliver(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+            try:
+                callback(message)
+            except Exception:
+                # A bad handler must not take the network thread down with it.
+                logger.exception("handler for %s failed", message.topic)
+
+        return deliver

@@ -1,0 +1,136 @@
+"""ServiceHost: the Flask extension that runs EdgeServices inside one app and one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from pyedge import config as cfg
+from pyedge.bus import Bus, BusSettings
+from pyedge.service import TOPIC_ROOT, EdgeService, ServiceRuntime
+from pyedge.version import __version__
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "pyedge"
+MQTT_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+
+CORE_SETTINGS: tuple[cfg.Setting, ...] = (
+    cfg.Setting("node_id", cfg.node_id, cfg.default_node_id,
+                "this device's id in topics and the API (default: the hostname)"),
+    cfg.Setting("data_dir", cfg.path, "data", "where services keep their files"),
+    cfg.Setting("mqtt_host", cfg.text, "127.0.0.1", "MQTT broker host"),
+    cfg.Setting("mqtt_port", cfg.integer(1, 65535), 1883, "MQTT broker port"),
+    cfg.Setting("mqtt_keepalive", cfg.integer(5, 3600), 30,
+                "seconds; the broker fires the last will after 1.5x this"),
+    cfg.Setting("mqtt_protocol", cfg.choice("5", "3.1.1"), "5",
+                "MQTT version to try first (5 falls back to 3.1.1 by itself)"),
+)
+
+
+class ServiceHost:
+    """Mounts services' blueprints on an app and runs them with one shared MQTT client.
+
+    One host per process: it owns the process's only bus connection, whose last will
+    marks `pyedge/<node>/<process_slug>/status` offline.
+    """
+
+    def __init__(self, services: Sequence[EdgeService], process_slug: str) -> None:
+        self.services = list(services)
+        self.process_slug = process_slug
+        self.runtimes: dict[str, ServiceRuntime] = {}
+        self.node = ""
+        self.bus: Bus | None = None
+        self._close_lock = threading.Lock()
+        self._closed = False
+
+    def init_app(self, app: Flask, api: Api) -> None:
+        """Register every service's blueprint and create its runtime from app.config."""
+        conf = app.config
+        self.node = conf["EDGE_NODE_ID"]
+        protocol = MQTT_PROTOCOLS[conf["EDGE_MQTT_PROTOCOL"]]
+        self.bus = Bus(BusSettings(
+            host=conf["EDGE_MQTT_HOST"],
+            port=conf["EDGE_MQTT_PORT"],
+            client_id=f"{TOPIC_ROOT}-{self.node}-{self.process_slug}",
+            will_topic=f"{TOPIC_ROOT}/{self.node}/{self.process_slug}/status",
+            keepalive=conf["EDGE_MQTT_KEEPALIVE"],
+            protocol=protocol,
+        ))
+        for service in self.services:
+            api.register_blueprint(service.blueprint)
+            self.runtimes[service.slug] = ServiceRuntime(
+                service, node=self.node, bus=self.bus, settings=conf,
+                data_dir=conf["EDGE_DATA_DIR"],
+            )
+        app.extensions[EXTENSION] = self
+
+    def start(self) -> None:
+        """Connect the bus and start every service (autostart Processes included)."""
+        assert self.bus is not None, "init_app first"
+        self.bus.start()
+        for runtime in self.runtimes.values():
+            runtime.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every operation, mark the services offline and disconnect.
+
+        Idempotent; a second caller waits until the first has finished.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for runtime in self.runtimes.values():
+                runtime.stop(timeout)
+            if self.bus is not None:
+                self.bus.close()
+            logger.info("services stopped: %s", ", ".join(self.runtimes) or "none")
+
+    def health(self) -> dict[str, Any]:
+        """The node's health: every service's, and the bus's."""
+        services = {
+            slug: {"status": h.status, "detail": h.detail}
+            for slug, h in ((slug, rt.health()) for slug, rt in self.runtimes.items())
+        }
+        bus = self.bus
+        mqtt = {
+            "status": "connected" if bus and bus.connected else "disconnected",
+            "broker": bus.broker if bus else "",
+            "detail": (bus.last_error if bus else "no bus") or "",
+        }
+        ok = mqtt["status"] == "connected" and all(
+            s["status"] == "ok" for s in services.values()
+        )
+        return {
+            "status": "ok" if ok else "degraded",
+            "node": self.node,
+            "version": __version__,
+            "mqtt": mqtt,
+            "services": services,
+        }
+
+    def describe(self, runtime: ServiceRuntime) -> dict[str, Any]:
+        """A service as the services tree shows it."""
+        service, health = runtime.service, runtime.health()
+        return {
+            "slug": service.slug,
+            "title": service.title,
+            "version": service.version,
+            "description": service.description,
+            "mode": "local",
+            "node": self.node,
+            "url": f"/api/{service.slug}",
+            "health": {"status": health.status, "detail": health.detail},
+            "ops": [
+                {"name": name, "kind": session.kind.value, "state": session.state.value,
+                 "success": session.success}
+                for name, session in runtime.runner.sessions.items()
+            ],
+        }

@@ -1,0 +1,228 @@
+"""EdgeService: a service declared once, mountable in the edge-server or served on its own."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import marshmallow as ma
+from flask import current_app
+from flask_smorest import Blueprint
+
+from pyedge.config import SLUG_RE, Section, Setting
+from pyedge.operations import (
+    Autostart,
+    NoParams,
+    Operation,
+    OperationRunner,
+    OpFunction,
+    OpKind,
+    Session,
+    StopFunction,
+)
+
+if TYPE_CHECKING:
+    from pyedge.bus import Bus
+
+logger = logging.getLogger(__name__)
+
+OP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+TOPIC_ROOT = "pyedge"
+
+HealthCheck = Callable[["ServiceRuntime"], str | None]
+
+
+class Degraded(Exception):
+    """Raised by a health check to report the service degraded, with the reason."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """A service's health: 'ok' or 'degraded', and why."""
+
+    status: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return self.status == "ok"
+
+
+class EdgeService:
+    """A service's declaration: blueprint, operations, health checks and settings.
+
+    It holds no run-time state, so the same declaration can be mounted in several apps
+    (tests do); each app runs it through its own `ServiceRuntime`.
+    """
+
+    def __init__(
+        self,
+        slug: str,
+        *,
+        title: str,
+        version: str,
+        description: str = "",
+        settings: Sequence[Setting] = (),
+        import_name: str | None = None,
+    ) -> None:
+        if not SLUG_RE.match(slug):
+            raise ValueError(f"service slug {slug!r} must be lowercase words joined by '-'")
+        self.slug = slug
+        self.title = title
+        self.version = version
+        self.description = description
+        self.section = Section(slug, tuple(settings))
+        self.operations: dict[str, Operation] = {}
+        self.health_checks: list[HealthCheck] = []
+        self.blueprint = Blueprint(
+            slug, import_name or __name__, url_prefix=f"/api/{slug}",
+            description=description or title,
+        )
+        # Imported here: the generated views need the service, and the service the views.
+        from pyedge import ops_views
+
+        self._ops_views = ops_views
+        ops_views.add_generic_routes(self)
+
+    def task(
+        self,
+        name: str,
+        run: OpFunction,
+        *,
+        params: type[ma.Schema] = NoParams,
+        description: str | None = None,
+    ) -> Operation:
+        """Register a Task: `run(session, params)` finishes by itself; abort sets
+        `session.stop_requested`."""
+        return self._add(Operation(
+            name, OpKind.TASK, run, params, description=description or _first_line(run),
+        ))
+
+    def process(
+        self,
+        name: str,
+        run: OpFunction,
+        *,
+        stop: StopFunction | None = None,
+        params: type[ma.Schema] = NoParams,
+        autostart: Autostart | None = None,
+        description: str | None = None,
+    ) -> Operation:
+        """Register a Process: `run(session, params)` runs until `stop(session)` (or, by
+        default, `session.stop_requested`) ends it.
+
+        `autostart` (params, or a function of the ServiceRuntime returning params or None)
+        starts it once per node when the service starts.
+        """
+        return self._add(Operation(
+            name, OpKind.PROCESS, run, params, stop=stop, autostart=autostart,
+            description=description or _first_line(run),
+        ))
+
+    def health_check(self, check: HealthCheck) -> HealthCheck:
+        """Register a check (usable as a decorator); it raises Degraded (or anything)
+        when the service is unwell, and may return a detail string when it is well."""
+        self.health_checks.append(check)
+        return check
+
+    def runtime(self) -> ServiceRuntime:
+        """This service's runtime in the current Flask app."""
+        runtime: ServiceRuntime = current_app.extensions["pyedge"].runtimes[self.slug]
+        return runtime
+
+    def _add(self, op: Operation) -> Operation:
+        if not OP_NAME_RE.match(op.name):
+            raise ValueError(f"operation name {op.name!r} must match {OP_NAME_RE.pattern}")
+        if op.name in self.operations:
+            raise ValueError(f"operation {op.name!r} is already registered on {self.slug}")
+        if isinstance(op.autostart, Mapping):
+            op.load_params(op.autostart)  # a bad autostart is a programming error: fail now
+        self.operations[op.name] = op
+        self._ops_views.add_start_route(self, op)
+        return op
+
+
+class ServiceRuntime:
+    """One service running in one process: its settings, bus, sessions and health."""
+
+    def __init__(
+        self,
+        service: EdgeService,
+        *,
+        node: str,
+        bus: Bus,
+        settings: Mapping[str, Any],
+        data_dir: Path,
+    ) -> None:
+        self.service = service
+        self.node = node
+        self.bus = bus
+        self.settings = {
+            setting.name: settings[service.section.key(setting)]
+            for setting in service.section.settings
+        }
+        self.data_dir = data_dir / service.slug
+        self.runner = OperationRunner(
+            service.operations, on_change=self.publish_session, thread_prefix=service.slug,
+            context=self,
+        )
+
+    @property
+    def slug(self) -> str:
+        """The service's slug."""
+        return self.service.slug
+
+    def topic(self, *parts: str) -> str:
+        """The service's MQTT topic for `parts`: pyedge/<node>/<slug>/<parts...>."""
+        return "/".join((TOPIC_ROOT, self.node, self.slug, *parts))
+
+    def start(self) -> None:
+        """Announce the service on the bus and start its autostart Processes."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.bus.add_status_topic(self.topic("status"))
+        self.bus.on_connect(self.publish_all_sessions)
+        self.publish_all_sessions()
+        for op in self.service.operations.values():
+            params = op.autostart(self) if callable(op.autostart) else op.autostart
+            if params is not None:
+                logger.info("autostarting %s/%s", self.slug, op.name)
+                self.runner.start(op.name, op.load_params(params))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every running operation."""
+        self.runner.shutdown(timeout)
+
+    def publish_session(self, session: Session) -> None:
+        """Publish a session, retained, so late subscribers see the current state."""
+        self.bus.publish_json(self.topic("ops", session.op.name), session.to_dict(), retain=True)
+
+    def publish_all_sessions(self) -> None:
+        """Publish every session (after a reconnect the broker's copy may be stale)."""
+        for session in list(self.runner.sessions.values()):
+            self.publish_session(session)
+
+    def health(self) -> Health:
+        """Run the health checks; a Process that ended in failure also degrades the service."""
+        for session in self.runner.sessions.values():
+            if session.kind is OpKind.PROCESS and session.success is False:
+                last = session.messages[-1].text if session.messages else "no message"
+                return Health("degraded", f"process {session.op.name} failed: {last}")
+        details = []
+        for check in self.service.health_checks:
+            try:
+                detail = check(self)
+            except Exception as exc:  # any failure of a check is a degraded service
+                return Health("degraded", str(exc) or type(exc).__name__)
+            if detail:
+                details.append(detail)
+        return Health("ok", "; ".join(details))
+
+
+def _first_line(func: Callable[..., Any]) -> str:
+    doc = (func.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
