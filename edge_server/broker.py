@@ -93,17 +93,18 @@ class Mosquitto:
         # Own session: a Ctrl-C in the terminal must not stop the broker before the
         # services have said goodbye on it; we stop it ourselves afterwards.
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            [binary, "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = (self.data_dir / "mosquitto.log").read_text(errors="replace")[-800:]
-                raise BrokerError(
-                    f"Mosquitto exited with code {self.process.returncode}:\n{tail}"
-                )
+                raise BrokerError(f"Mosquitto exited with code {self.process.returncode}:\n{tail}")
             if port_open(probe_host, self.port):
                 return
             time.sleep(0.05)

@@ -67,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="HTTP port (EDGE_HTTP_PORT, default 8000)")
     run.add_argument("--mqtt-port", type=int, help="broker port (EDGE_MQTT_PORT, default 1883)")
     run.add_argument("--data-dir", help="data directory (EDGE_DATA_DIR, default ./data)")
-    run.add_argument("--no-broker", action="store_true",
-                     help="use the broker at EDGE_MQTT_HOST instead of starting Mosquitto")
+    run.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="use the broker at EDGE_MQTT_HOST instead of starting Mosquitto",
+    )
     commands.add_parser("config", help="print the effective settings and where each came from")
     return parser
 

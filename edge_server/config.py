@@ -13,20 +13,33 @@ from pyedge.host import CORE_SETTINGS
 REPO_MQTT_CONFIG = Path(__file__).resolve().parent.parent / "mqtt" / "mosquitto.conf"
 
 SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
-    cfg.Setting("services", cfg.slug_list, None,
-                "service slugs to run, comma-separated (default: every installed one)"),
+    cfg.Setting(
+        "services",
+        cfg.slug_list,
+        None,
+        "service slugs to run, comma-separated (default: every installed one)",
+    ),
     cfg.Setting("http_host", cfg.text, "0.0.0.0", "address the HTTP API listens on"),
     cfg.Setting("http_port", cfg.integer(1, 65535), 8000, "port the HTTP API listens on"),
-    cfg.Setting("http_threads", cfg.integer(2, 64), 8,
-                "request threads of the one gunicorn worker"),
-    cfg.Setting("mqtt_embedded", cfg.boolean, True,
-                "pyedge run starts its own Mosquitto (off: use EDGE_MQTT_HOST's broker)"),
-    cfg.Setting("mqtt_bind", cfg.text, "127.0.0.1",
-                "address the embedded broker listens on"),
-    cfg.Setting("mqtt_config", cfg.path, REPO_MQTT_CONFIG,
-                "the Mosquitto configuration pyedge run starts the broker with"),
-    cfg.Setting("log_level", cfg.choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
-                "logging level"),
+    cfg.Setting(
+        "http_threads", cfg.integer(2, 64), 8, "request threads of the one gunicorn worker"
+    ),
+    cfg.Setting(
+        "mqtt_embedded",
+        cfg.boolean,
+        True,
+        "pyedge run starts its own Mosquitto (off: use EDGE_MQTT_HOST's broker)",
+    ),
+    cfg.Setting("mqtt_bind", cfg.text, "127.0.0.1", "address the embedded broker listens on"),
+    cfg.Setting(
+        "mqtt_config",
+        cfg.path,
+        REPO_MQTT_CONFIG,
+        "the Mosquitto configuration pyedge run starts the broker with",
+    ),
+    cfg.Setting(
+        "log_level", cfg.choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "logging level"
+    ),
 )
 
 EDGE_SECTION = cfg.Section("edge", CORE_SETTINGS + SERVER_SETTINGS)

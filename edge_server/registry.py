@@ -23,7 +23,8 @@ def installed_services() -> dict[str, EdgeService]:
             raise ConfigError(ENTRY_POINT_GROUP, entry.value, f"cannot load: {exc}") from exc
         if not isinstance(service, EdgeService) or service.slug != entry.name:
             raise ConfigError(
-                ENTRY_POINT_GROUP, entry.value,
+                ENTRY_POINT_GROUP,
+                entry.value,
                 f"entry point {entry.name!r} must name an EdgeService with that slug",
             )
         services[entry.name] = service

@@ -127,13 +127,16 @@ def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
     try:
         if settings["EDGE_MQTT_EMBEDDED"]:
             broker = Mosquitto(
-                settings["EDGE_MQTT_CONFIG"], data_dir / "mosquitto",
-                settings["EDGE_MQTT_BIND"], settings["EDGE_MQTT_PORT"],
+                settings["EDGE_MQTT_CONFIG"],
+                data_dir / "mosquitto",
+                settings["EDGE_MQTT_BIND"],
+                settings["EDGE_MQTT_PORT"],
             )
             broker.start()
         logger.info(
             "serving http://%s:%d/ (API docs at /api/docs)",
-            settings["EDGE_HTTP_HOST"], settings["EDGE_HTTP_PORT"],
+            settings["EDGE_HTTP_HOST"],
+            settings["EDGE_HTTP_PORT"],
         )
         EdgeServerApplication(settings, overrides).run()
     finally:

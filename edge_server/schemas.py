@@ -15,7 +15,9 @@ class ComponentHealthSchema(ma.Schema):
 class MqttHealthSchema(ma.Schema):
     """The bus connection's health."""
 
-    status = ma.fields.String(required=True, validate=ma.validate.OneOf(("connected", "disconnected")))
+    status = ma.fields.String(
+        required=True, validate=ma.validate.OneOf(("connected", "disconnected"))
+    )
     broker = ma.fields.String(required=True)
     detail = ma.fields.String(required=True)
 

@@ -204,9 +204,7 @@ def load(
         table = tables.get(section.table, {})
         names = {setting.name for setting in section.settings}
         for unknown in sorted(set(table) - names):
-            raise ConfigError(
-                f"[{section.table}] {unknown}", str(file_path), "unknown key"
-            )
+            raise ConfigError(f"[{section.table}] {unknown}", str(file_path), "unknown key")
         for setting in section.settings:
             key = section.key(setting)
             raw, source = setting.default, "default"

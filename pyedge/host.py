@@ -22,15 +22,27 @@ EXTENSION = "pyedge"
 MQTT_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 
 CORE_SETTINGS: tuple[cfg.Setting, ...] = (
-    cfg.Setting("node_id", cfg.node_id, cfg.default_node_id,
-                "this device's id in topics and the API (default: the hostname)"),
+    cfg.Setting(
+        "node_id",
+        cfg.node_id,
+        cfg.default_node_id,
+        "this device's id in topics and the API (default: the hostname)",
+    ),
     cfg.Setting("data_dir", cfg.path, "data", "where services keep their files"),
     cfg.Setting("mqtt_host", cfg.text, "127.0.0.1", "MQTT broker host"),
     cfg.Setting("mqtt_port", cfg.integer(1, 65535), 1883, "MQTT broker port"),
-    cfg.Setting("mqtt_keepalive", cfg.integer(5, 3600), 30,
-                "seconds; the broker fires the last will after 1.5x this"),
-    cfg.Setting("mqtt_protocol", cfg.choice("5", "3.1.1"), "5",
-                "MQTT version to try first (5 falls back to 3.1.1 by itself)"),
+    cfg.Setting(
+        "mqtt_keepalive",
+        cfg.integer(5, 3600),
+        30,
+        "seconds; the broker fires the last will after 1.5x this",
+    ),
+    cfg.Setting(
+        "mqtt_protocol",
+        cfg.choice("5", "3.1.1"),
+        "5",
+        "MQTT version to try first (5 falls back to 3.1.1 by itself)",
+    ),
 )
 
 
@@ -55,18 +67,23 @@ class ServiceHost:
         conf = app.config
         self.node = conf["EDGE_NODE_ID"]
         protocol = MQTT_PROTOCOLS[conf["EDGE_MQTT_PROTOCOL"]]
-        self.bus = Bus(BusSettings(
-            host=conf["EDGE_MQTT_HOST"],
-            port=conf["EDGE_MQTT_PORT"],
-            client_id=f"{TOPIC_ROOT}-{self.node}-{self.process_slug}",
-            will_topic=f"{TOPIC_ROOT}/{self.node}/{self.process_slug}/status",
-            keepalive=conf["EDGE_MQTT_KEEPALIVE"],
-            protocol=protocol,
-        ))
+        self.bus = Bus(
+            BusSettings(
+                host=conf["EDGE_MQTT_HOST"],
+                port=conf["EDGE_MQTT_PORT"],
+                client_id=f"{TOPIC_ROOT}-{self.node}-{self.process_slug}",
+                will_topic=f"{TOPIC_ROOT}/{self.node}/{self.process_slug}/status",
+                keepalive=conf["EDGE_MQTT_KEEPALIVE"],
+                protocol=protocol,
+            )
+        )
         for service in self.services:
             api.register_blueprint(service.blueprint)
             self.runtimes[service.slug] = ServiceRuntime(
-                service, node=self.node, bus=self.bus, settings=conf,
+                service,
+                node=self.node,
+                bus=self.bus,
+                settings=conf,
                 data_dir=conf["EDGE_DATA_DIR"],
             )
         app.extensions[EXTENSION] = self
@@ -105,9 +122,7 @@ class ServiceHost:
             "broker": bus.broker if bus else "",
             "detail": (bus.last_error if bus else "no bus") or "",
         }
-        ok = mqtt["status"] == "connected" and all(
-            s["status"] == "ok" for s in services.values()
-        )
+        ok = mqtt["status"] == "connected" and all(s["status"] == "ok" for s in services.values())
         return {
             "status": "ok" if ok else "degraded",
             "node": self.node,
@@ -129,8 +144,12 @@ class ServiceHost:
             "url": f"/api/{service.slug}",
             "health": {"status": health.status, "detail": health.detail},
             "ops": [
-                {"name": name, "kind": session.kind.value, "state": session.state.value,
-                 "success": session.success}
+                {
+                    "name": name,
+                    "kind": session.kind.value,
+                    "state": session.state.value,
+                    "success": session.success,
+                }
                 for name, session in runtime.runner.sessions.items()
             ],
         }

@@ -218,12 +218,18 @@ class OperationRunner:
             if self.sessions[name].active:
                 raise OperationConflict(f"{name} is already {self.sessions[name].state.value}")
             session = Session(
-                op, on_change=self._on_change, context=self._context,
-                state=OpState.STARTING, started_at=utc_now(), params=dict(params),
+                op,
+                on_change=self._on_change,
+                context=self._context,
+                state=OpState.STARTING,
+                started_at=utc_now(),
+                params=dict(params),
             )
             self.sessions[name] = session
             thread = threading.Thread(
-                target=self._run, args=(session,), daemon=True,
+                target=self._run,
+                args=(session,),
+                daemon=True,
                 name=f"{self._thread_prefix}-{name}",
             )
             self._threads[name] = thread
@@ -241,7 +247,7 @@ class OperationRunner:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every active session and wait for their threads, at most `timeout` in all."""
-        for name, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
             if session.active:
                 self._signal_stop(session, "service shutting down")
         deadline = time.monotonic() + timeout
@@ -292,5 +298,5 @@ class OperationRunner:
             session._set_state(OpState.DONE, success=False)
             return
         aborted = op.kind is OpKind.TASK and session.stop_requested.is_set()
-        session.log("aborted" if aborted else (message or "finished"))
+        session.log(message or ("aborted" if aborted else "finished"))
         session._set_state(OpState.DONE, success=not aborted)

@@ -6,7 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 from apispec import APISpec
-from apispec.ext.marshmallow import OpenAPIConverter
+from apispec.ext.marshmallow.openapi import OpenAPIConverter
 
 from pyedge.operations import OpKind, OpState
 
@@ -54,12 +54,10 @@ class WaitArgsSchema(ma.Schema):
     )
 
 
-_converter = OpenAPIConverter(
-    "3.0.3", lambda _schema: None, APISpec("params", "1", "3.0.3")
-)
+_converter = OpenAPIConverter("3.0.3", lambda _schema: None, APISpec("params", "1", "3.0.3"))
 
 
 def json_schema(schema: type[ma.Schema]) -> dict[str, Any]:
     """The JSON Schema of an operation's parameters, as GET /ops shows it."""
-    result: dict[str, Any] = _converter.schema2jsonschema(schema())
+    result: dict[str, Any] = _converter.schema2jsonschema(schema())  # type: ignore[no-untyped-call]
     return result

@@ -80,7 +80,9 @@ class EdgeService:
         self.operations: dict[str, Operation] = {}
         self.health_checks: list[HealthCheck] = []
         self.blueprint = Blueprint(
-            slug, import_name or __name__, url_prefix=f"/api/{slug}",
+            slug,
+            import_name or __name__,
+            url_prefix=f"/api/{slug}",
             description=description or title,
         )
         # Imported here: the generated views need the service, and the service the views.
@@ -99,9 +101,15 @@ class EdgeService:
     ) -> Operation:
         """Register a Task: `run(session, params)` finishes by itself; abort sets
         `session.stop_requested`."""
-        return self._add(Operation(
-            name, OpKind.TASK, run, params, description=description or _first_line(run),
-        ))
+        return self._add(
+            Operation(
+                name,
+                OpKind.TASK,
+                run,
+                params,
+                description=description or _first_line(run),
+            )
+        )
 
     def process(
         self,
@@ -119,10 +127,17 @@ class EdgeService:
         `autostart` (params, or a function of the ServiceRuntime returning params or None)
         starts it once per node when the service starts.
         """
-        return self._add(Operation(
-            name, OpKind.PROCESS, run, params, stop=stop, autostart=autostart,
-            description=description or _first_line(run),
-        ))
+        return self._add(
+            Operation(
+                name,
+                OpKind.PROCESS,
+                run,
+                params,
+                stop=stop,
+                autostart=autostart,
+                description=description or _first_line(run),
+            )
+        )
 
     def health_check(self, check: HealthCheck) -> HealthCheck:
         """Register a check (usable as a decorator); it raises Degraded (or anything)
@@ -168,7 +183,9 @@ class ServiceRuntime:
         }
         self.data_dir = data_dir / service.slug
         self.runner = OperationRunner(
-            service.operations, on_change=self.publish_session, thread_prefix=service.slug,
+            service.operations,
+            on_change=self.publish_session,
+            thread_prefix=service.slug,
             context=self,
         )
 

@@ -1,0 +1,138 @@
+"""What the services say on the real broker, read back by a separate subscriber."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from edge_server import create_app
+from pyedge import Bus, BusSettings
+from tests.conftest import Broker
+from tests.mqtt_recorder import MqttRecorder
+
+OPS = "/api/custom-service/ops"
+
+
+def test_every_state_change_is_published_retained(
+    client: FlaskClient, recorder: MqttRecorder, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/custom-service/ops/sleep"
+    recorder.subscribe(topic)
+    recorder.wait_for(topic, lambda m: m.json()["state"] == "idle")  # retained at start-up
+
+    client.post(f"{OPS}/sleep/start", json={"seconds": 0.2})
+    client.post(f"{OPS}/sleep/wait")
+
+    done = recorder.wait_for(topic, lambda m: m.json()["state"] == "done").json()
+    assert done["success"] is True
+    assert done["op"] == "sleep" and done["kind"] == "task"
+    assert done == client.get(f"{OPS}/sleep").json
+    states = [m.json()["state"] for m in recorder.on(topic)]
+    assert states.index("starting") < states.index("running") < states.index("done")
+
+
+def test_a_late_subscriber_gets_the_current_session(
+    client: FlaskClient, broker: Broker, node_id: str
+) -> None:
+    client.post(f"{OPS}/sleep/start", json={"seconds": 0.1})
+    client.post(f"{OPS}/sleep/wait")
+    late = MqttRecorder(broker.host, broker.port, f"late-{uuid.uuid4().hex[:6]}")
+    try:
+        topic = f"pyedge/{node_id}/custom-service/ops/sleep"
+        late.subscribe(topic)
+        message = late.wait_for(topic)
+        assert message.retain
+        assert message.json()["state"] == "done"
+    finally:
+        late.close()
+
+
+def test_heartbeat_publishes_seq_and_timestamp_until_stopped(
+    client: FlaskClient, recorder: MqttRecorder, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/custom-service/heartbeat"
+    recorder.subscribe(topic)
+    client.post(f"{OPS}/heartbeat/start", json={"interval": 0.1})
+    recorder.wait_for(topic, lambda m: m.json()["seq"] == 3)
+    client.post(f"{OPS}/heartbeat/stop")
+    client.post(f"{OPS}/heartbeat/wait?timeout=5")
+
+    beats = [m.json() for m in recorder.on(topic)]
+    assert [b["seq"] for b in beats] == list(range(1, len(beats) + 1))
+    assert all(b["ts"].endswith("Z") and "T" in b["ts"] for b in beats)
+    count = len(beats)
+    assert recorder.on(topic)[-1].json()["seq"] == count  # nothing after the stop
+
+
+def test_status_is_online_while_up_and_offline_after_close(
+    app_config: dict[str, Any], recorder: MqttRecorder, node_id: str
+) -> None:
+    recorder.subscribe(f"pyedge/{node_id}/+/status")
+    app = create_app(app_config)
+    for slug in ("edge-server", "custom-service"):
+        recorder.wait_for(f"pyedge/{node_id}/{slug}/status", lambda m: m.payload == b"online")
+    app.extensions["pyedge"].close()
+    for slug in ("edge-server", "custom-service"):
+        recorder.wait_for(f"pyedge/{node_id}/{slug}/status", lambda m: m.payload == b"offline")
+
+
+def test_last_will_marks_the_process_offline_when_its_connection_dies(
+    broker: Broker, recorder: MqttRecorder, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/probe/status"
+    recorder.subscribe(topic)
+    bus = Bus(BusSettings(broker.host, broker.port, f"will-{node_id}", will_topic=topic))
+    bus.start()
+    assert bus.wait_connected(5)
+    recorder.wait_for(topic, lambda m: m.payload == b"online")
+    bus._client.socket().close()  # the process "dies": no DISCONNECT packet is sent
+    recorder.wait_for(topic, lambda m: m.payload == b"offline")
+    bus.close()
+
+
+def test_the_bus_reconnects_and_restores_subscriptions(
+    broker: Broker, recorder: MqttRecorder, node_id: str
+) -> None:
+    received: list[bytes] = []
+    bus = Bus(
+        BusSettings(
+            broker.host, broker.port, f"re-{node_id}", will_topic=f"pyedge/{node_id}/probe/status"
+        )
+    )
+    bus.subscribe(f"pyedge/{node_id}/probe/in", lambda m: received.append(m.payload))
+    bus.start()
+    assert bus.wait_connected(5)
+    recorder.client.publish(f"pyedge/{node_id}/probe/in", b"one", qos=1).wait_for_publish(5)
+    _wait(lambda: received == [b"one"])
+
+    bus._client.socket().close()
+    _wait(lambda: not bus.connected)
+    assert bus.wait_connected(10), "no reconnect"
+    recorder.client.publish(f"pyedge/{node_id}/probe/in", b"two", qos=1).wait_for_publish(5)
+    _wait(lambda: received == [b"one", b"two"])
+    bus.close()
+
+
+def test_sessions_are_republished_after_a_reconnect(
+    app: Flask, recorder: MqttRecorder, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/custom-service/ops/sleep"
+    recorder.subscribe(topic)
+    recorder.wait_for(topic)
+    before = len(recorder.on(topic))
+    bus = app.extensions["pyedge"].bus
+    bus._client.socket().close()
+    _wait(lambda: not bus.connected)
+    assert bus.wait_connected(10)
+    _wait(lambda: len(recorder.on(topic)) > before)
+
+
+def _wait(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

@@ -1,0 +1,240 @@
+"""`pyedge run` as a user starts it: Mosquitto + gunicorn, ready fast, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_server import broker, cli
+from edge_server.broker import port_open
+from tests.conftest import free_port
+from tests.mqtt_recorder import MqttRecorder
+
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
+
+
+@dataclass
+class Node:
+    """A running `pyedge run` and where it listens."""
+
+    process: subprocess.Popen[str]
+    http_port: int
+    mqtt_port: int
+    node_id: str
+    data_dir: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+
+def request(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    """An HTTP request; returns status and parsed JSON (errors included)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_node(tmp_path: Path, **env: str) -> Node:
+    http_port, mqtt_port = free_port(), free_port()
+    node_id = f"run-{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "data"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    environ.update(
+        EDGE_NODE_ID=node_id,
+        EDGE_CUSTOM_SERVICE_HEARTBEAT_INTERVAL="0.2",
+        EDGE_HTTP_HOST="127.0.0.1",
+        EDGE_MQTT_KEEPALIVE="5",
+        **env,
+    )
+    process = subprocess.Popen(
+        [
+            PYEDGE,
+            "run",
+            "--port",
+            str(http_port),
+            "--mqtt-port",
+            str(mqtt_port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Node(process, http_port, mqtt_port, node_id, data_dir)
+
+
+def wait_ready(node: Node, timeout: float = 15) -> float:
+    """Seconds until /api/health answered 200."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert node.process.poll() is None, node.process.stdout.read()  # type: ignore[union-attr]
+        try:
+            if request(node.url("/api/health"))[0] == 200:
+                return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("pyedge run did not become healthy")
+
+
+def gunicorn_worker(node: Node) -> int:
+    """The pid of the node's one gunicorn worker (its other child is Mosquitto)."""
+    pid = node.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [c for c in children if b"mosquitto" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 1, children
+    return int(workers[0])
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    node = start_node(tmp_path)
+    yield node
+    if node.process.poll() is None:
+        node.process.kill()
+        node.process.wait()
+
+
+def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> None:
+    ready_after = wait_ready(node)
+    assert ready_after < 10
+
+    status, health = request(node.url("/api/health"))
+    assert health["node"] == node.node_id
+    assert health["services"]["custom-service"]["status"] == "ok"
+
+    recorder = MqttRecorder("127.0.0.1", node.mqtt_port, "run-recorder")
+    try:
+        recorder.subscribe(f"pyedge/{node.node_id}/#")
+        beat = recorder.wait_for(f"pyedge/{node.node_id}/custom-service/heartbeat")
+        assert beat.json()["seq"] >= 1  # autostarted, exactly one heartbeat Process
+
+        status, _ = request(
+            node.url("/api/custom-service/ops/sleep/start"), "POST", {"seconds": 0.2}
+        )
+        assert status == 202
+        status, done = request(node.url("/api/custom-service/ops/sleep/wait?timeout=5"), "POST")
+        assert (done["state"], done["success"]) == ("done", True)
+        recorder.wait_for(
+            f"pyedge/{node.node_id}/custom-service/ops/sleep", lambda m: m.json()["state"] == "done"
+        )
+    finally:
+        recorder.close()
+
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(timeout=20) == 0
+    output = node.process.stdout.read()  # type: ignore[union-attr]
+    assert "services stopped: custom-service" in output
+    assert not port_open("127.0.0.1", node.mqtt_port), "Mosquitto left running"
+    assert not port_open("127.0.0.1", node.http_port)
+
+
+def test_sigterm_ends_a_long_wait_request_promptly(node: Node) -> None:
+    wait_ready(node)
+    request(node.url("/api/custom-service/ops/sleep/start"), "POST", {"seconds": 600})
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import urllib.request,sys; urllib.request.urlopen("
+            f"urllib.request.Request('{node.url('/api/custom-service/ops/sleep/wait')}',"
+            " method='POST'), timeout=90)",
+        ],
+    )
+    time.sleep(0.5)
+    started = time.monotonic()
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 8  # not the 60 s wait, nor the graceful timeout
+    waiter.wait(timeout=10)
+
+
+def test_a_killed_worker_fires_the_last_will_and_a_new_one_comes_online(node: Node) -> None:
+    wait_ready(node)
+    topic = f"pyedge/{node.node_id}/edge-server/status"
+    recorder = MqttRecorder("127.0.0.1", node.mqtt_port, "will-recorder")
+    try:
+        recorder.subscribe(topic)
+        recorder.wait_for(topic, lambda m: m.payload == b"online")
+        os.kill(gunicorn_worker(node), signal.SIGKILL)
+        recorder.wait_for(topic, lambda m: m.payload == b"offline")
+        recorder.wait_for(
+            topic, lambda m: m.payload == b"online", after=len(recorder.messages), timeout=20
+        )
+    finally:
+        recorder.close()
+    wait_ready(node)
+
+
+def test_a_second_run_on_the_same_data_dir_refuses_to_start(node: Node, tmp_path: Path) -> None:
+    wait_ready(node)
+    second = subprocess.run(
+        [
+            PYEDGE,
+            "run",
+            "--port",
+            str(free_port()),
+            "--mqtt-port",
+            str(free_port()),
+            "--data-dir",
+            str(node.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert "is in use by another pyedge run" in second.stderr
+
+
+def test_a_bad_setting_stops_start_up_with_the_key_named(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PYEDGE, "run"],
+        env={**os.environ, "EDGE_HTTP_PORT": "http"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "EDGE_HTTP_PORT (from environment EDGE_HTTP_PORT)" in result.stderr
+
+
+def test_missing_mosquitto_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(broker, "SEARCH_PATH", str(tmp_path))
+    code = cli.main(
+        [
+            "run",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            str(free_port()),
+            "--mqtt-port",
+            str(free_port()),
+        ]
+    )
+    assert code == 1
+    assert "sudo apt-get install mosquitto" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""The edge-server's own surface: services tree, front page, errors, the custom REST resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from edge_server import create_app
+
+
+def test_services_tree_lists_mounted_services(client: FlaskClient, node_id: str) -> None:
+    services = client.get("/api/services").json
+    assert [s["slug"] for s in services] == ["custom-service"]
+    custom = services[0]
+    assert custom["title"] == "Custom service"
+    assert custom["version"] == "1.0.0"
+    assert custom["mode"] == "local"
+    assert custom["node"] == node_id
+    assert custom["url"] == "/api/custom-service"
+    assert {(op["name"], op["kind"]) for op in custom["ops"]} == {
+        ("sleep", "task"),
+        ("heartbeat", "process"),
+    }
+
+
+def test_front_page_lists_services_and_health(client: FlaskClient, node_id: str) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert f"PyEdge on {node_id}" in page
+    assert "Custom service" in page and "custom-service" in page
+    assert 'href="/api/docs"' in page
+
+
+@pytest.mark.parametrize("path", ["/api/nowhere", "/api/custom-service/nowhere", "/api"])
+def test_unknown_api_path_is_404_with_the_error_envelope(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json == {"code": 404, "status": "Not Found"}
+
+
+def test_wrong_method_is_405_with_the_error_envelope(client: FlaskClient) -> None:
+    response = client.delete("/api/health")
+    assert response.status_code == 405
+    assert response.json == {"code": 405, "status": "Method Not Allowed"}
+
+
+def test_hello_uses_the_configured_greeting(app_config: dict[str, Any], node_id: str) -> None:
+    app = create_app({**app_config, "EDGE_CUSTOM_SERVICE_GREETING": "Moin"})
+    try:
+        response = app.test_client().get("/api/custom-service/hello?name=Ada")
+        assert response.json == {"message": "Moin, Ada!", "node": node_id}
+    finally:
+        app.extensions["pyedge"].close()
+
+
+def test_hello_defaults_and_validates_its_query(client: FlaskClient) -> None:
+    assert client.get("/api/custom-service/hello").json["message"] == "Hello, world!"
+    response = client.get("/api/custom-service/hello?name=" + "x" * 65)
+    assert response.status_code == 422
+    assert "name" in response.json["errors"]["query"]
+
+
+def test_autostart_process_runs_once_when_enabled(app_config: dict[str, Any]) -> None:
+    app = create_app(
+        {
+            **app_config,
+            "EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART": True,
+            "EDGE_CUSTOM_SERVICE_HEARTBEAT_INTERVAL": 0.2,
+        }
+    )
+    try:
+        session = app.test_client().get("/api/custom-service/ops/heartbeat").json
+        assert session["state"] in ("starting", "running")
+        assert session["params"] == {"interval": 0.2}
+    finally:
+        app.extensions["pyedge"].close()

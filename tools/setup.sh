@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Prepare this checkout on Debian 12 / Raspberry Pi OS (bookworm); the Makefile calls it.
+#
+#   tools/setup.sh [all|run|test|venv]
+#
+#   all (default), run, test  Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
+#   venv                      only the Python part (what `make lint` and `make format` need)
+#
+# Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
+# than .venv/.installed. Missing system packages (python3-venv, mosquitto) are installed
+# with apt-get when we are root or have passwordless sudo, unless PYEDGE_NO_APT=1; else
+# the script says what to install and fails.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.installed"
+MIN_PYTHON="3.11"
+# Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH
+# (same places as edge_server/broker.py looks).
+SBIN_DIRS=(/usr/local/sbin /usr/sbin /sbin)
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+# --- apt ---------------------------------------------------------------------------------
+
+APT_STATE=""       # "", "yes" or "no"; decided on first use
+APT_WHY_NOT=""     # why apt is not allowed, for messages
+APT_SUDO=()        # () as root, (sudo -n) with passwordless sudo
+APT_UPDATED=0
+
+apt_allowed() {
+    if [[ -z "$APT_STATE" ]]; then
+        APT_STATE=no
+        if [[ "${PYEDGE_NO_APT:-}" == 1 ]]; then
+            APT_WHY_NOT="PYEDGE_NO_APT=1"
+        elif ! command -v apt-get >/dev/null 2>&1; then
+            APT_WHY_NOT="apt-get not found"
+        elif [[ "$(id -u)" -eq 0 ]]; then
+            APT_STATE=yes
+        elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            APT_STATE=yes
+            APT_SUDO=(sudo -n)
+        else
+            APT_WHY_NOT="not root and sudo needs a password"
+        fi
+    fi
+    [[ "$APT_STATE" == yes ]]
+}
+
+apt_install() {
+    local apt=(${APT_SUDO[@]+"${APT_SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get
+               -o DPkg::Lock::Timeout=300)
+    if (( ! APT_UPDATED )); then
+        say "apt-get update"
+        "${apt[@]}" -q update || die "apt-get update failed (network? apt sources?)"
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    "${apt[@]}" -q install -y --no-install-recommends "$@" \
+        || die "apt-get install $* failed"
+}
+
+# --- Python ------------------------------------------------------------------------------
+
+check_python() {
+    command -v python3 >/dev/null 2>&1 \
+        || die "python3 not found; PyEdge needs Python >= $MIN_PYTHON (sudo apt-get install python3)"
+    local version
+    version="$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')" \
+        || die "python3 ($(command -v python3)) does not run"
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        die "PyEdge needs Python >= $MIN_PYTHON, but python3 ($(command -v python3)) is $version." \
+            "Debian 12 and Raspberry Pi OS bookworm ship 3.11; on older systems put a newer" \
+            "python3 first on PATH."
+    fi
+    say "python3 $version ($(command -v python3))"
+}
+
+# The venv is usable: its python runs, is new enough and has pip. (On Debian, a venv made
+# without python3-venv is left behind half-made, without pip.)
+venv_ok() {
+    [[ -x "$VENV/bin/python" ]] \
+        && "$VENV/bin/python" -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' \
+            >/dev/null 2>&1
+}
+
+make_venv() {
+    local out
+    if out="$(python3 -m venv "$VENV" 2>&1)"; then
+        return 0
+    fi
+    rm -rf "$VENV"
+    if ! grep -qiE 'ensurepip|no module named .?venv|-venv' <<<"$out" \
+            && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        printf '%s\n' "$out" >&2
+        die "python3 -m venv $VENV failed (see above)"
+    fi
+    local pkg="python3-venv"
+    local minor
+    minor="$(python3 -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')"
+    if ! apt_allowed; then
+        die "python3 cannot create virtual environments (the venv/ensurepip module is" \
+            "missing). Install it: sudo apt-get install $pkg  (or $minor)," \
+            "then run this again. [no apt: $APT_WHY_NOT]"
+    fi
+    say "python3 cannot create virtual environments; installing $pkg"
+    apt_install "$pkg"
+    if ! out="$(python3 -m venv "$VENV" 2>&1)"; then
+        rm -rf "$VENV"
+        printf '%s\n' "$out" >&2
+        die "python3 -m venv still fails after installing $pkg; try: sudo apt-get install $minor"
+    fi
+}
+
+setup_venv() {
+    if [[ -d "$VENV" ]] && ! venv_ok; then
+        say ".venv is unusable (no working python >= $MIN_PYTHON with pip); recreating it"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -d "$VENV" ]]; then
+        say "creating .venv"
+        make_venv
+        venv_ok || die ".venv was created but its python has no pip"
+    fi
+    if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
+        say "installing pyedge[dev] into .venv (pip install -e '.[dev]')"
+        (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -e '.[dev]') || die "pip install -e '.[dev]' failed (see above)"
+        touch "$STAMP"
+    else
+        say ".venv is up to date with pyproject.toml"
+    fi
+}
+
+# --- Mosquitto ---------------------------------------------------------------------------
+
+find_program() {
+    local name="$1" dir
+    if command -v "$name" 2>/dev/null; then
+        return 0
+    fi
+    for dir in "${SBIN_DIRS[@]}"; do
+        if [[ -x "$dir/$name" ]]; then
+            printf '%s\n' "$dir/$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+setup_mosquitto() {
+    local found
+    if found="$(find_program mosquitto)"; then
+        say "mosquitto: $found"
+    else
+        if ! apt_allowed; then
+            die "Mosquitto is not installed; install Mosquitto: sudo apt-get install mosquitto" \
+                "mosquitto-clients  (then run this again) [no apt: $APT_WHY_NOT]"
+        fi
+        say "Mosquitto is not installed; installing it"
+        apt_install mosquitto mosquitto-clients
+        found="$(find_program mosquitto)" \
+            || die "mosquitto is still not found after installing the package"
+        say "mosquitto: $found"
+        # Debian's package enables and starts a system broker on port 1883. We leave it
+        # alone; `pyedge run` starts its own broker and needs a free EDGE_MQTT_PORT.
+        if command -v systemctl >/dev/null 2>&1 \
+                && systemctl is-active --quiet mosquitto 2>/dev/null; then
+            say "note: the mosquitto package started a system broker (systemd service" \
+                "mosquitto, port 1883). \`pyedge run\` starts its own broker: stop that one" \
+                "(sudo systemctl disable --now mosquitto) or set EDGE_MQTT_PORT."
+        fi
+    fi
+    if ! find_program mosquitto_sub >/dev/null; then
+        say "note: mosquitto_sub/mosquitto_pub are not installed (optional, for debugging:" \
+            "sudo apt-get install mosquitto-clients)"
+    fi
+}
+
+# --- main --------------------------------------------------------------------------------
+
+main() {
+    local what="${1:-all}"
+    case "$what" in
+        all | run | test) ;;
+        venv) ;;
+        -h | --help) usage; return 0 ;;
+        *) die "unknown argument: $what (usage: tools/setup.sh [all|run|test|venv])" ;;
+    esac
+    (( $# <= 1 )) || die "too many arguments (usage: tools/setup.sh [all|run|test|venv])"
+    check_python
+    setup_venv
+    if [[ "$what" != venv ]]; then
+        setup_mosquitto
+    fi
+    say "ready ($what)"
+}
+
+main "$@"
