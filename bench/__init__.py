@@ -1,0 +1,1 @@
+"""Benchmarks: PyEdge against bare baselines measured in the same run, reported as ratios."""

@@ -1,0 +1,35 @@
+"""Run every benchmark and print a table of ratios (`make bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from bench import api, bus, memory
+
+logger = logging.getLogger(__name__)
+
+
+def main() -> None:
+    """Run the benchmarks; ratios >= 1 mean PyEdge is as fast / as small as the baseline."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    results = [api.run(scale), bus.run(scale), memory.run()]
+    if args.json:
+        print(json.dumps(results, indent=2))  # noqa: T201  (the CLI's output)
+        return
+    for result in results:
+        print(  # noqa: T201
+            f"{result['name']:<28} pyedge {result['pyedge']:>10.1f} {result['unit']:<8} "
+            f"baseline {result['baseline']:>10.1f}  ratio {result['ratio']:.2f}  "
+            f"({result['what']})"
+        )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()
