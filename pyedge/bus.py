@@ -15,6 +15,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 logger = logging.getLogger(__name__)
 
+# MQTT 5 reason codes we act on (paho's names for them differ between releases).
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+SESSION_TAKEN_OVER = 0x8E
+# paho's queue of QoS > 0 messages waiting for a connection; beyond it publish() fails
+# (and is logged) instead of growing without bound while the broker is away.
+MAX_QUEUED_MESSAGES = 10000
+
 ONLINE = "online"
 OFFLINE = "offline"
 STATE_QOS = 1
@@ -43,7 +50,8 @@ class Bus:
 
     def __init__(self, settings: BusSettings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
+        # Re-entrant: a downgrade builds the new client while holding it.
+        self._lock = threading.RLock()
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
         self._status_topics: list[str] = [settings.will_topic]
         self._connect_callbacks: list[ConnectCallback] = []
@@ -84,7 +92,12 @@ class Bus:
         self, topic: str, payload: str | bytes, qos: int = STATE_QOS, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         """Publish; QoS 1 messages given while disconnected are sent after reconnect."""
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            logger.warning(
+                "MQTT queue full (%d): dropped a message to %s", MAX_QUEUED_MESSAGES, topic
+            )
+        return info
 
     def publish_json(
         self, topic: str, value: Any, qos: int = STATE_QOS, retain: bool = False
@@ -105,7 +118,8 @@ class Bus:
 
     def close(self, timeout: float = 3.0) -> None:
         """Publish `offline` for every status topic, then disconnect cleanly."""
-        self._closing = True
+        with self._lock:
+            self._closing = True  # under the lock: a downgrade in flight sees it
         if self.connected:
             infos = [self.publish(t, OFFLINE, retain=True) for t in self._status_topics]
             for info in infos:
@@ -123,6 +137,7 @@ class Bus:
         )
         client.will_set(self.settings.will_topic, OFFLINE, qos=STATE_QOS, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         with self._lock:
@@ -142,12 +157,14 @@ class Bus:
             self.last_error = f"broker refused connection: {reason_code}"
             logger.error("%s (%s)", self.last_error, self.broker)
             if (
-                reason_code == "Unsupported Protocol Version"
+                reason_code.value == UNSUPPORTED_PROTOCOL_VERSION
                 and client.protocol is MQTTProtocolVersion.MQTTv5
             ):
                 # An older broker: fall back to MQTT 3.1.1 once, outside paho's thread.
                 threading.Thread(target=self._downgrade, daemon=True).start()
             return
+        if self._closing:
+            return  # a reconnect that raced close(): say nothing, close() disconnects
         self.last_error = None
         with self._lock:
             subscriptions = [(t, q) for t, (q, _cb) in self._subscriptions.items()]
@@ -175,15 +192,25 @@ class Bus:
         self._connected.clear()
         if not self._closing:
             self.last_error = f"disconnected from broker: {reason_code}"
-            if was_connected:
+            if reason_code.value == SESSION_TAKEN_OVER:
+                logger.error(
+                    "another client connected as %s: is node id %r used twice on this broker?",
+                    self.settings.client_id,
+                    self.settings.client_id,
+                )
+            elif was_connected:
                 logger.warning("%s; reconnecting", self.last_error)
 
     def _downgrade(self) -> None:
-        logger.warning("broker %s lacks MQTT 5; using MQTT 3.1.1", self.broker)
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._client = self._new_client(MQTTProtocolVersion.MQTTv311)
-        self.start()
+        with self._lock:
+            if self._closing:
+                return
+            logger.warning("broker %s lacks MQTT 5; using MQTT 3.1.1", self.broker)
+            old = self._client
+            old.disconnect()
+            old.loop_stop()
+            self._client = self._new_client(MQTTProtocolVersion.MQTTv311)
+            self.start()
 
     @staticmethod
     def _guarded(callback: MessageCallback) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -96,6 +97,8 @@ def number(low: float | None = None) -> Parser:
             result = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"expected a finite number, got {value!r}")
         if low is not None and result < low:
             raise ValueError(f"expected a number of at least {low}, got {result}")
         return result
@@ -130,9 +133,11 @@ def choice(*options: str) -> Parser:
     """Parse one of the given strings."""
 
     def parse(value: Any) -> str:
-        if value not in options:
+        # TOML may give `5` or `"5"` for the same choice.
+        text = str(value)
+        if isinstance(value, bool) or text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
-        return str(value)
+        return text
 
     return parse
 

@@ -15,3 +15,7 @@ class OperationConflict(PyEdgeError):
 
 class OperationFailed(PyEdgeError):
     """Raised by an operation's code to end its session unsuccessfully with a message."""
+
+
+class ShuttingDown(PyEdgeError):
+    """The service is stopping and takes no new work."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import marshmallow as ma
 
-from pyedge.errors import OperationConflict, OperationFailed, UnknownOperation
+from pyedge.errors import OperationConflict, OperationFailed, ShuttingDown, UnknownOperation
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,13 @@ class Session:
     """One run of an operation; the only place its state lives.
 
     Operation code reads `stop_requested` (or uses `sleep`) to honour abort/stop, and
-    reports through `log` and `update`.
+    reports through `log` and `update`. State moves only through the methods below, each
+    under the session's lock, so a late stop can never overwrite `done`.
     """
 
     op: Operation
-    on_change: Callable[[Session], None] = field(repr=False, default=lambda _s: None)
+    # Receives a snapshot (to_dict) after each change; calls are serialised and in order.
+    on_change: Callable[[dict[str, Any]], None] = field(repr=False, default=lambda _s: None)
     # Whatever runs the operation (a ServiceRuntime: settings, bus, topics).
     context: Any = field(default=None, repr=False)
     state: OpState = OpState.IDLE
@@ -108,7 +110,9 @@ class Session:
     data: dict[str, Any] = field(default_factory=dict)
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _publish_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_publish: float = field(default=0.0, repr=False)
+    _flush_timer: threading.Timer | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> OpKind:
@@ -125,13 +129,13 @@ class Session:
         with self._cond:
             self.messages.append(Message(utc_now(), text))
         logger.info("%s: %s", self.op.name, text)
-        self._changed(force=False)
+        self.publish(force=False)
 
     def update(self, **data: Any) -> None:
         """Merge values into the session's data and publish them soon."""
         with self._cond:
             self.data.update(data)
-        self._changed(force=False)
+        self.publish(force=False)
 
     def sleep(self, seconds: float) -> bool:
         """Wait up to `seconds`; False as soon as abort/stop is requested."""
@@ -157,25 +161,59 @@ class Session:
                 "data": dict(self.data),
             }
 
-    def _set_state(self, state: OpState, success: bool | None = None) -> None:
+    def mark_running(self) -> None:
+        """starting -> running, unless a stop came first."""
         with self._cond:
-            self.state = state
-            if state is OpState.DONE:
-                self.success = success
-                self.ended_at = utc_now()
-            self._cond.notify_all()
-        self._changed(force=True)
+            if self.state is OpState.STARTING:
+                self.state = OpState.RUNNING
+        self.publish()
 
-    def _changed(self, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_publish < PUBLISH_INTERVAL_S:
-            return
-        self._last_publish = now
-        try:
-            self.on_change(self)
-        except Exception:
-            # Reporting must never break the operation itself.
-            logger.exception("publishing session of %s failed", self.op.name)
+    def request_stop(self, reason: str) -> bool:
+        """starting/running -> stopping and set `stop_requested`; False if not running."""
+        with self._cond:
+            if self.state not in (OpState.STARTING, OpState.RUNNING):
+                return False
+            self.state = OpState.STOPPING
+            self.stop_requested.set()
+            self.messages.append(Message(utc_now(), reason))
+            self._cond.notify_all()
+        logger.info("%s: %s", self.op.name, reason)
+        self.publish()
+        return True
+
+    def finish(self, success: bool, message: str) -> None:
+        """-> done, with the result and a last message."""
+        with self._cond:
+            self.messages.append(Message(utc_now(), message))
+            self.state = OpState.DONE
+            self.success = success
+            self.ended_at = utc_now()
+            self._cond.notify_all()
+        logger.info("%s: %s", self.op.name, message)
+        self.publish()
+
+    def publish(self, force: bool = True) -> None:
+        """Report a snapshot now (force) or, for progress, at most once per interval; a
+        change that falls inside the interval is reported when the interval ends."""
+        with self._publish_lock:
+            wait = PUBLISH_INTERVAL_S - (time.monotonic() - self._last_publish)
+            if not force and wait > 0:
+                if self._flush_timer is None:
+                    self._flush_timer = threading.Timer(wait, self.publish)
+                    self._flush_timer.daemon = True
+                    self._flush_timer.start()
+                return
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            self._last_publish = time.monotonic()
+            # Snapshot and hand-over under one lock: reports leave in the order of changes.
+            snapshot = self.to_dict()
+            try:
+                self.on_change(snapshot)
+            except Exception:
+                # Reporting must never break the operation itself.
+                logger.exception("publishing session of %s failed", self.op.name)
 
 
 class OperationRunner:
@@ -184,7 +222,7 @@ class OperationRunner:
     def __init__(
         self,
         operations: Mapping[str, Operation],
-        on_change: Callable[[Session], None],
+        on_change: Callable[[dict[str, Any]], None],
         thread_prefix: str = "op",
         context: Any = None,
     ) -> None:
@@ -193,6 +231,7 @@ class OperationRunner:
         self._on_change = on_change
         self._thread_prefix = thread_prefix
         self._lock = threading.Lock()
+        self._closed = False
         self._threads: dict[str, threading.Thread] = {}
         self.sessions: dict[str, Session] = {
             name: Session(op, on_change=on_change, context=context)
@@ -215,6 +254,8 @@ class OperationRunner:
         """Start a new session with validated params; raises OperationConflict if active."""
         op = self.operation(name)
         with self._lock:
+            if self._closed:
+                raise ShuttingDown(f"cannot start {name}: the service is shutting down")
             if self.sessions[name].active:
                 raise OperationConflict(f"{name} is already {self.sessions[name].state.value}")
             session = Session(
@@ -233,7 +274,7 @@ class OperationRunner:
                 name=f"{self._thread_prefix}-{name}",
             )
             self._threads[name] = thread
-        session._changed(force=True)
+        session.publish()
         thread.start()
         return session
 
@@ -246,10 +287,11 @@ class OperationRunner:
         return self._request_stop(name, OpKind.PROCESS, "stop")
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Stop every active session and wait for their threads, at most `timeout` in all."""
+        """Refuse new starts, stop every active session and wait for their threads."""
+        with self._lock:
+            self._closed = True
         for session in list(self.sessions.values()):
-            if session.active:
-                self._signal_stop(session, "service shutting down")
+            self._stop_session(session, "service shutting down")
         deadline = time.monotonic() + timeout
         for name, thread in list(self._threads.items()):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -262,41 +304,32 @@ class OperationRunner:
             other = "stop" if op.kind is OpKind.PROCESS else "abort"
             raise OperationConflict(f"{name} is a {op.kind.value}: use {other}, not {verb}")
         session = self.sessions[name]
-        if not session.active:
+        if not self._stop_session(session, f"{verb} requested"):
             raise OperationConflict(f"{name} is not running (state {session.state.value})")
-        self._signal_stop(session, f"{verb} requested")
         return session
 
-    def _signal_stop(self, session: Session, reason: str) -> None:
-        if session.stop_requested.is_set():
-            return
-        session.log(reason)
-        session.stop_requested.set()
-        session._set_state(OpState.STOPPING)
+    @staticmethod
+    def _stop_session(session: Session, reason: str) -> bool:
+        if not session.request_stop(reason):
+            return False
         if session.op.stop is not None:
             try:
                 session.op.stop(session)
             except Exception:
                 logger.exception("stop function of %s failed", session.op.name)
+        return True
 
     def _run(self, session: Session) -> None:
         op = session.op
-        with session._cond:
-            # A stop may already have arrived between start and this thread running.
-            if session.state is OpState.STARTING:
-                session.state = OpState.RUNNING
-        session._changed(force=True)
+        session.mark_running()
         try:
             message = op.run(session, session.params)
         except OperationFailed as exc:
-            session.log(f"failed: {exc}")
-            session._set_state(OpState.DONE, success=False)
+            session.finish(False, f"failed: {exc}")
             return
         except Exception as exc:
             logger.exception("operation %s crashed", op.name)
-            session.log(f"crashed: {type(exc).__name__}: {exc}")
-            session._set_state(OpState.DONE, success=False)
+            session.finish(False, f"crashed: {type(exc).__name__}: {exc}")
             return
         aborted = op.kind is OpKind.TASK and session.stop_requested.is_set()
-        session.log(message or ("aborted" if aborted else "finished"))
-        session._set_state(OpState.DONE, success=not aborted)
+        session.finish(not aborted, message or ("aborted" if aborted else "finished"))

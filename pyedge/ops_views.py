@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import abort
 
-from pyedge.errors import OperationConflict, UnknownOperation
+from pyedge.errors import OperationConflict, ShuttingDown, UnknownOperation
 from pyedge.operations import Operation, Session
 from pyedge.schemas import OperationSchema, SessionSchema, WaitArgsSchema, json_schema
 
 if TYPE_CHECKING:
-    from pyedge.service import EdgeService, ServiceRuntime
+    from pyedge.service import EdgeService
+
+
+@contextmanager
+def api_errors(slug: str) -> Iterator[None]:
+    """Translate the runner's errors into the API's error envelope, in one place."""
+    try:
+        yield
+    except UnknownOperation as exc:
+        abort(HTTPStatus.NOT_FOUND, message=f"{slug}: {exc}")
+    except OperationConflict as exc:
+        abort(HTTPStatus.CONFLICT, message=str(exc))
+    except ShuttingDown as exc:
+        abort(HTTPStatus.SERVICE_UNAVAILABLE, message=str(exc))
 
 
 def describe(op: Operation, session: Session) -> dict[str, Any]:
@@ -27,20 +43,20 @@ def describe(op: Operation, session: Session) -> dict[str, Any]:
     }
 
 
-def call(runtime: ServiceRuntime, action: str, name: str, *args: Any) -> Session:
-    """Run a runner action, translating its errors into the API's error envelope."""
-    try:
-        session: Session = getattr(runtime.runner, action)(name, *args)
-    except UnknownOperation as exc:
-        abort(HTTPStatus.NOT_FOUND, message=f"{runtime.slug}: {exc}")
-    except OperationConflict as exc:
-        abort(HTTPStatus.CONFLICT, message=str(exc))
-    return session
-
-
 def add_generic_routes(service: EdgeService) -> None:
     """Add the endpoints shared by all operations: list, status, wait, abort, stop."""
     blp = service.blueprint
+
+    @blp.before_request
+    def require_json_params() -> None:
+        # webargs ignores a body that is not JSON; parameters silently dropped would start
+        # an operation with its defaults, so say so instead.
+        rule = request.url_rule.rule if request.url_rule else ""
+        if rule.endswith("/start") and request.content_length and not request.is_json:
+            abort(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                message="send operation parameters as application/json",
+            )
 
     @blp.route("/ops")
     class Operations(MethodView):
@@ -55,7 +71,8 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.response(200, SessionSchema)
         def get(self, op: str) -> dict[str, Any]:
             """Show an operation's session."""
-            return call(service.runtime(), "session", op).to_dict()
+            with api_errors(service.slug):
+                return service.runtime().runner.session(op).to_dict()
 
     @blp.route("/ops/<op>/wait")
     class OperationWait(MethodView):
@@ -63,7 +80,8 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.response(200, SessionSchema)
         def post(self, args: dict[str, float], op: str) -> dict[str, Any]:
             """Wait until the session ends or the timeout passes; returns the session."""
-            session = call(service.runtime(), "session", op)
+            with api_errors(service.slug):
+                session = service.runtime().runner.session(op)
             session.wait(args["timeout"])
             return session.to_dict()
 
@@ -73,7 +91,8 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.alt_response(409, description="Not a Task, or not running")
         def post(self, op: str) -> dict[str, Any]:
             """Abort a running Task (a Process is stopped, not aborted)."""
-            return call(service.runtime(), "abort", op).to_dict()
+            with api_errors(service.slug):
+                return service.runtime().runner.abort(op).to_dict()
 
     @blp.route("/ops/<op>/stop")
     class OperationStop(MethodView):
@@ -81,19 +100,24 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.alt_response(409, description="Not a Process, or not running")
         def post(self, op: str) -> dict[str, Any]:
             """Stop a running Process (a Task is aborted, not stopped)."""
-            return call(service.runtime(), "stop", op).to_dict()
+            with api_errors(service.slug):
+                return service.runtime().runner.stop(op).to_dict()
 
 
 def add_start_route(service: EdgeService, op: Operation) -> None:
     """Add POST /ops/<op>/start, typed by the operation's own parameter schema."""
     blp = service.blueprint
 
-    def start(params: dict[str, Any]) -> dict[str, Any]:
-        return call(service.runtime(), "start", op.name, params).to_dict()
+    class StartOperation(MethodView):
+        @blp.arguments(op.params)
+        @blp.response(202, SessionSchema)
+        @blp.alt_response(409, description="Already running")
+        @blp.alt_response(503, description="The service is shutting down")
+        def post(self, params: dict[str, Any]) -> dict[str, Any]:
+            with api_errors(service.slug):
+                return service.runtime().runner.start(op.name, params).to_dict()
 
-    start.__doc__ = f"Start the {op.kind.value} {op.name}.\n\n{op.description}"
-    start.__name__ = f"start_{op.name}"
-    view = blp.response(202, SessionSchema)(start)
-    view = blp.alt_response(409, description="Already running")(view)
-    view = blp.arguments(op.params)(view)
-    blp.route(f"/ops/{op.name}/start", methods=["POST"], endpoint=f"start_{op.name}")(view)
+    # The OpenAPI summary is the docstring's first line: name the operation in it.
+    StartOperation.post.__doc__ = f"Start the {op.kind.value} {op.name}.\n\n{op.description}"
+    StartOperation.__name__ = f"Start_{op.name}"
+    blp.route(f"/ops/{op.name}/start", endpoint=f"start_{op.name}")(StartOperation)

@@ -13,7 +13,8 @@ import marshmallow as ma
 from flask import current_app
 from flask_smorest import Blueprint
 
-from pyedge.config import SLUG_RE, Section, Setting
+from pyedge import ops_views
+from pyedge.config import SLUG_RE, ConfigError, Section, Setting
 from pyedge.operations import (
     Autostart,
     NoParams,
@@ -21,7 +22,6 @@ from pyedge.operations import (
     OperationRunner,
     OpFunction,
     OpKind,
-    Session,
     StopFunction,
 )
 
@@ -85,10 +85,6 @@ class EdgeService:
             url_prefix=f"/api/{slug}",
             description=description or title,
         )
-        # Imported here: the generated views need the service, and the service the views.
-        from pyedge import ops_views
-
-        self._ops_views = ops_views
         ops_views.add_generic_routes(self)
 
     def task(
@@ -99,8 +95,10 @@ class EdgeService:
         params: type[ma.Schema] = NoParams,
         description: str | None = None,
     ) -> Operation:
-        """Register a Task: `run(session, params)` finishes by itself; abort sets
-        `session.stop_requested`."""
+        """Register a Task: `run(session, params)` finishes by itself; abort ends it early.
+
+        Abort sets `session.stop_requested`; the code should check it (or `session.sleep`).
+        """
         return self._add(
             Operation(
                 name,
@@ -121,9 +119,9 @@ class EdgeService:
         autostart: Autostart | None = None,
         description: str | None = None,
     ) -> Operation:
-        """Register a Process: `run(session, params)` runs until `stop(session)` (or, by
-        default, `session.stop_requested`) ends it.
+        """Register a Process: `run(session, params)` runs until it is stopped.
 
+        Stop sets `session.stop_requested`, then calls `stop(session)` when given.
         `autostart` (params, or a function of the ServiceRuntime returning params or None)
         starts it once per node when the service starts.
         """
@@ -140,8 +138,11 @@ class EdgeService:
         )
 
     def health_check(self, check: HealthCheck) -> HealthCheck:
-        """Register a check (usable as a decorator); it raises Degraded (or anything)
-        when the service is unwell, and may return a detail string when it is well."""
+        """Register a health check (usable as a decorator).
+
+        The check raises Degraded (or anything) when the service is unwell, and may return
+        a detail string when it is well.
+        """
         self.health_checks.append(check)
         return check
 
@@ -158,7 +159,7 @@ class EdgeService:
         if isinstance(op.autostart, Mapping):
             op.load_params(op.autostart)  # a bad autostart is a programming error: fail now
         self.operations[op.name] = op
-        self._ops_views.add_start_route(self, op)
+        ops_views.add_start_route(self, op)
         return op
 
 
@@ -188,6 +189,7 @@ class ServiceRuntime:
             thread_prefix=service.slug,
             context=self,
         )
+        self.autostart = self._autostart_params()
 
     @property
     def slug(self) -> str:
@@ -204,31 +206,47 @@ class ServiceRuntime:
         self.bus.add_status_topic(self.topic("status"))
         self.bus.on_connect(self.publish_all_sessions)
         self.publish_all_sessions()
+        for name, params in self.autostart.items():
+            logger.info("autostarting %s/%s", self.slug, name)
+            self.runner.start(name, params)
+
+    def _autostart_params(self) -> dict[str, dict[str, Any]]:
+        # Resolved and validated before anything starts, so that settings which make
+        # bad params stop start-up with a ConfigError rather than a crash later.
+        result = {}
         for op in self.service.operations.values():
-            params = op.autostart(self) if callable(op.autostart) else op.autostart
-            if params is not None:
-                logger.info("autostarting %s/%s", self.slug, op.name)
-                self.runner.start(op.name, op.load_params(params))
+            raw = op.autostart(self) if callable(op.autostart) else op.autostart
+            if raw is None:
+                continue
+            try:
+                result[op.name] = op.load_params(raw)
+            except ma.ValidationError as exc:
+                raise ConfigError(
+                    f"{self.service.section.prefix}*",
+                    f"autostart of {self.slug}/{op.name}",
+                    f"the settings give invalid params: {exc.messages}",
+                ) from exc
+        return result
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every running operation."""
         self.runner.shutdown(timeout)
 
-    def publish_session(self, session: Session) -> None:
-        """Publish a session, retained, so late subscribers see the current state."""
-        self.bus.publish_json(self.topic("ops", session.op.name), session.to_dict(), retain=True)
+    def publish_session(self, snapshot: dict[str, Any]) -> None:
+        """Publish a session snapshot, retained, so late subscribers see the current state."""
+        self.bus.publish_json(self.topic("ops", snapshot["op"]), snapshot, retain=True)
 
     def publish_all_sessions(self) -> None:
         """Publish every session (after a reconnect the broker's copy may be stale)."""
         for session in list(self.runner.sessions.values()):
-            self.publish_session(session)
+            session.publish()
 
     def health(self) -> Health:
         """Run the health checks; a Process that ended in failure also degrades the service."""
         for session in self.runner.sessions.values():
             if session.kind is OpKind.PROCESS and session.success is False:
                 last = session.messages[-1].text if session.messages else "no message"
-                return Health("degraded", f"process {session.op.name} failed: {last}")
+                return Health("degraded", f"process {session.op.name} {last}")
         details = []
         for check in self.service.health_checks:
             try:

@@ -49,7 +49,7 @@ def test_a_failed_process_degrades_its_service(app_config: dict[str, Any]) -> No
         health = client.get("/api/health")
         assert health.status_code == 503
         assert health.json["services"]["probe-service"]["detail"] == (
-            "process fail failed: failed: sensor bus gone"
+            "process fail failed: sensor bus gone"
         )
     finally:
         app.extensions["pyedge"].close()

@@ -8,6 +8,9 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_server import create_app
 from pyedge import Bus, BusSettings
@@ -136,3 +139,18 @@ def _wait(condition: Any, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def test_a_broker_refusing_mqtt5_gets_mqtt_311(broker: Broker, node_id: str) -> None:
+    bus = Bus(
+        BusSettings(
+            broker.host, broker.port, f"v311-{node_id}", will_topic=f"pyedge/{node_id}/probe/status"
+        )
+    )
+    # Mosquitto 2 speaks MQTT 5, so play its refusal as an MQTT 3.1.1-only broker sends it;
+    # the fallback then connects to the real broker.
+    refusal = ReasonCode(PacketTypes.CONNACK, identifier=0x84)
+    bus._handle_connect(bus._client, None, None, refusal, None)  # type: ignore[arg-type]
+    assert bus.wait_connected(10)
+    assert bus._client.protocol is MQTTProtocolVersion.MQTTv311
+    bus.close()

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from pyedge import OperationConflict, OperationFailed, OpState, UnknownOperation
-from pyedge.operations import MAX_MESSAGES, Operation, OperationRunner, OpKind, Session
+from pyedge.errors import ShuttingDown
+from pyedge.operations import (
+    MAX_MESSAGES,
+    PUBLISH_INTERVAL_S,
+    Operation,
+    OperationRunner,
+    OpKind,
+    Session,
+)
 
 
 def chatty(session: Session, params: dict[str, Any]) -> str:
@@ -23,6 +35,17 @@ def failing(session: Session, params: dict[str, Any]) -> None:
 
 def crashing(session: Session, params: dict[str, Any]) -> None:
     raise ZeroDivisionError("division by zero")
+
+
+def instant(session: Session, params: dict[str, Any]) -> str:
+    return "done at once"
+
+
+def progress(session: Session, params: dict[str, Any]) -> str:
+    for step in range(3):
+        session.update(step=step)
+    session.sleep(PUBLISH_INTERVAL_S * 1.5)
+    return "reported"
 
 
 def until_stopped(session: Session, params: dict[str, Any]) -> str:
@@ -41,13 +64,15 @@ def runner(published: list[dict[str, Any]]) -> OperationRunner:
     stops: list[str] = []
     ops = {
         "chatty": Operation("chatty", OpKind.TASK, chatty),
+        "instant": Operation("instant", OpKind.TASK, instant),
+        "progress": Operation("progress", OpKind.TASK, progress),
         "failing": Operation("failing", OpKind.TASK, failing),
         "crashing": Operation("crashing", OpKind.TASK, crashing),
         "loop": Operation(
             "loop", OpKind.PROCESS, until_stopped, stop=lambda s: stops.append(s.op.name)
         ),
     }
-    runner = OperationRunner(ops, on_change=lambda s: published.append(s.to_dict()))
+    runner = OperationRunner(ops, on_change=published.append)
     runner.stops = stops  # type: ignore[attr-defined]
     return runner
 
@@ -112,3 +137,46 @@ def test_unknown_and_conflicting_requests_raise(runner: OperationRunner) -> None
     with pytest.raises(OperationConflict):
         runner.abort("loop")
     runner.shutdown()
+
+
+def aborted_instant_tasks(runner: OperationRunner, count: int) -> Iterator[Session]:
+    """Start a Task that ends at once and abort it straight away, `count` times."""
+    for _ in range(count):
+        session = runner.start("instant", {})
+        with contextlib.suppress(OperationConflict):  # it may have finished already: fine
+            runner.abort("instant")
+        assert session.wait(5)
+        yield session
+
+
+def test_a_stop_racing_the_end_never_leaves_a_session_stuck(runner: OperationRunner) -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that abort and finish interleave
+    try:
+        for session in aborted_instant_tasks(runner, 300):
+            assert session.state is OpState.DONE
+            assert session.success is not None
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_the_last_report_is_the_final_state(
+    runner: OperationRunner, published: list[dict[str, Any]]
+) -> None:
+    for session in aborted_instant_tasks(runner, 100):
+        assert published[-1] == session.to_dict()
+
+
+def test_progress_inside_the_throttle_window_is_reported_when_it_ends(
+    runner: OperationRunner, published: list[dict[str, Any]]
+) -> None:
+    session = runner.start("progress", {})
+    time.sleep(PUBLISH_INTERVAL_S * 1.2)  # the session still runs; only the timer can report
+    assert any(p["data"].get("step") == 2 for p in published), published
+    session.wait(5)
+
+
+def test_no_start_after_shutdown(runner: OperationRunner) -> None:
+    runner.shutdown()
+    with pytest.raises(ShuttingDown):
+        runner.start("instant", {})
