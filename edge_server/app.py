@@ -10,8 +10,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from edge_server import pages, views
-from edge_server.config import load_settings
-from edge_server.registry import enabled_services
+from edge_server.registry import configure
 from pyedge import EdgeService, ServiceHost, __version__
 
 logger = logging.getLogger(__name__)
@@ -33,13 +32,13 @@ def create_app(
     config: Mapping[str, Any] | None = None,
     services: Sequence[EdgeService] | None = None,
 ) -> Flask:
-    """Create the edge-server: settings from defaults < EDGE_CONFIG TOML < EDGE_* env <
-    `config`; `services` replaces the installed ones (for programs embedding PyEdge, and
-    tests). Raises ConfigError naming the bad key and its source."""
-    settings = load_settings(config)
-    if services is None:
-        services = enabled_services(settings)
-    settings = load_settings(config, service_sections=[s.section for s in services])
+    """Create the edge-server with its services mounted and started.
+
+    Settings come from defaults < EDGE_CONFIG TOML < EDGE_* environment < `config`;
+    `services` replaces the installed ones (for programs embedding PyEdge, and tests).
+    Raises ConfigError naming the bad key and its source.
+    """
+    settings, services = configure(config, services)
 
     app = Flask(__name__)
     app.config.update(OPENAPI_CONFIG)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -73,6 +75,10 @@ class Mosquitto:
         generated.write_text(
             f"# Written by pyedge run from {self.config_file}; edit that file instead.\n"
             f"listener {self.port} {self.bind}\n"
+            # Run as whoever runs pyedge: started as root, Mosquitto would otherwise drop
+            # to its own user, which can neither write our data dir nor keep the
+            # parent-death signal (it is cleared when credentials change).
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             f"persistence_location {self.data_dir.resolve()}/\n"
             "log_dest stderr\n\n" + shipped
         )

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from edge_server import runner
-from edge_server.config import EDGE_SECTION, load_settings
-from edge_server.registry import enabled_services
+from edge_server.config import EDGE_SECTION
+from edge_server.registry import configure
 from pyedge import PyEdgeError, __version__
 
 EXIT_CONFIG = 2
@@ -21,9 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {key: value for key, value in _overrides(args).items() if value is not None}
     try:
-        settings = load_settings(overrides)
-        sections = [service.section for service in enabled_services(settings)]
-        settings = load_settings(overrides, service_sections=sections)
+        settings, _services = configure(overrides)
     except PyEdgeError as exc:
         print(f"pyedge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -22,7 +22,11 @@ SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
     cfg.Setting("http_host", cfg.text, "0.0.0.0", "address the HTTP API listens on"),
     cfg.Setting("http_port", cfg.integer(1, 65535), 8000, "port the HTTP API listens on"),
     cfg.Setting(
-        "http_threads", cfg.integer(2, 64), 8, "request threads of the one gunicorn worker"
+        # Each long-polling `wait` holds a thread for up to 60 s; health must still answer.
+        "http_threads",
+        cfg.integer(2, 64),
+        16,
+        "request threads of the one gunicorn worker",
     ),
     cfg.Setting(
         "mqtt_embedded",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
+from edge_server.config import load_settings
 from pyedge import ConfigError, EdgeService
 from pyedge.config import LoadedConfig
 
@@ -44,3 +47,17 @@ def enabled_services(settings: LoadedConfig) -> list[EdgeService]:
             f"not installed: {', '.join(missing)} (installed: {', '.join(sorted(installed))})",
         )
     return [installed[slug] for slug in wanted]
+
+
+def configure(
+    overrides: Mapping[str, Any] | None = None,
+    services: Sequence[EdgeService] | None = None,
+) -> tuple[LoadedConfig, list[EdgeService]]:
+    """The node's settings, its services' included, and the services to run.
+
+    `services` replaces the installed ones selected by EDGE_SERVICES.
+    """
+    settings = load_settings(overrides)
+    chosen = list(services) if services is not None else enabled_services(settings)
+    sections = [service.section for service in chosen]
+    return load_settings(overrides, service_sections=sections), chosen

@@ -3,7 +3,7 @@
 Background Processes must run once per node. They live in the process that created the
 app, so `pyedge run` serves with exactly one gunicorn worker (gthread: concurrency comes
 from its threads), and a lock file in the data dir stops a second `pyedge run` on the
-same data from starting its own copies.
+same data, or machine-wide for the same node id, from starting its own copies.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,24 +37,34 @@ class NodeLocked(PyEdgeError):
     """Another `pyedge run` already serves this data dir."""
 
 
-def lock_data_dir(data_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on the data dir for this process's life."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = (data_dir / LOCK_FILE).open("a+")
+def hold_lock(path: Path, what: str) -> IO[str]:
+    """Hold an exclusive lock on `path` for this process's life; NodeLocked if taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise NodeLocked(
-            f"EDGE_DATA_DIR: {data_dir} is in use by another pyedge run (pid {holder})"
-        ) from None
+        raise NodeLocked(f"{what} is in use by another pyedge run (pid {holder})") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def lock_node(settings: LoadedConfig) -> list[IO[str]]:
+    """Lock the data dir and, machine-wide, the node id: each runs its Processes once."""
+    data_dir: Path = settings["EDGE_DATA_DIR"]
+    node = settings["EDGE_NODE_ID"]
+    return [
+        hold_lock(data_dir / LOCK_FILE, f"EDGE_DATA_DIR: {data_dir}"),
+        hold_lock(
+            Path(tempfile.gettempdir()) / f"pyedge-node-{node}.lock", f"EDGE_NODE_ID: {node}"
+        ),
+    ]
 
 
 def close_services(app: Flask) -> None:
@@ -119,7 +130,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
 def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
     """Run solo mode until SIGTERM or Ctrl-C; raises PyEdgeError if it cannot start."""
     data_dir: Path = settings["EDGE_DATA_DIR"]
-    lock = lock_data_dir(data_dir)
+    locks = lock_node(settings)
     # gunicorn forks its worker inside run() below; the worker leaves through this same
     # `finally` when it exits, and must not stop the broker the master still serves.
     owner = os.getpid()
@@ -143,5 +154,6 @@ def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
         if os.getpid() == owner:
             if broker is not None:
                 broker.stop()
-            lock.close()
+            for lock in locks:
+                lock.close()
             logger.info("pyedge stopped")

@@ -2,6 +2,8 @@
 
 import marshmallow as ma
 
+from pyedge import OpKind, OpState
+
 STATUSES = ("ok", "degraded")
 
 
@@ -38,8 +40,8 @@ class OperationSummarySchema(ma.Schema):
     """An operation as the services tree lists it."""
 
     name = ma.fields.String(required=True)
-    kind = ma.fields.String(required=True)
-    state = ma.fields.String(required=True)
+    kind = ma.fields.Enum(OpKind, by_value=True, required=True)
+    state = ma.fields.Enum(OpState, by_value=True, required=True)
     success = ma.fields.Boolean(allow_none=True, required=True)
 
 

@@ -146,8 +146,8 @@ class ServiceHost:
             "ops": [
                 {
                     "name": name,
-                    "kind": session.kind.value,
-                    "state": session.state.value,
+                    "kind": session.kind,
+                    "state": session.state,
                     "success": session.success,
                 }
                 for name, session in runtime.runner.sessions.items()

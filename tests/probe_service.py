@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import marshmallow as ma
+
 from pyedge import Degraded, EdgeService, OperationFailed, ServiceRuntime, Session
 from pyedge import config as cfg
 
@@ -19,6 +21,12 @@ probe = EdgeService(
 def fail(session: Session, params: dict[str, Any]) -> str:
     """Fail at once, as a Process whose hardware is gone would."""
     raise OperationFailed("sensor bus gone")
+
+
+class HeartbeatLike(ma.Schema):
+    """Params with a lower bound, to test autostart validation."""
+
+    interval = ma.fields.Float(required=True, validate=ma.validate.Range(min=0.1))
 
 
 probe.process("fail", fail)

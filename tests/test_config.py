@@ -71,13 +71,20 @@ def test_services_list_accepts_commas_and_toml_lists(tmp_path: Path) -> None:
         ({"EDGE_NODE_ID": "a/b"}, "EDGE_NODE_ID", "no '/'"),
         ({"EDGE_SERVICES": "Custom_Service"}, "EDGE_SERVICES", "not a service slug"),
         ({"EDGE_LOG_LEVEL": "LOUD"}, "EDGE_LOG_LEVEL", "expected one of"),
+        (
+            {"EDGE_CUSTOM_SERVICE_HEARTBEAT_INTERVAL": "nan"},
+            "EDGE_CUSTOM_SERVICE_HEARTBEAT_INTERVAL",
+            "expected a finite number",
+        ),
     ],
 )
 def test_a_bad_environment_value_names_the_key_and_source(
     env: dict[str, str], key: str, problem: str
 ) -> None:
+    from custom_service import service
+
     with pytest.raises(ConfigError) as error:
-        load_settings(environ=env)
+        load_settings(environ=env, service_sections=[service.section])
     assert error.value.key == key
     assert error.value.source == f"environment {key}"
     assert problem in str(error.value)
@@ -130,3 +137,27 @@ def test_the_example_config_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
         environ={"EDGE_CONFIG": str(example)}, service_sections=[service.section]
     )
     assert settings["EDGE_HTTP_PORT"] == 8000
+
+
+def test_settings_that_make_bad_autostart_params_stop_start_up(
+    app_config: dict[str, object],
+) -> None:
+    from pyedge import EdgeService
+    from pyedge import config as cfg
+    from tests.probe_service import HeartbeatLike
+
+    svc = EdgeService(
+        "auto-service",
+        title="Auto",
+        version="0",
+        import_name=__name__,
+        settings=(cfg.Setting("interval", cfg.number(), 1.0),),
+    )
+    svc.process(
+        "beat",
+        lambda session, params: None,
+        params=HeartbeatLike,
+        autostart=lambda runtime: {"interval": runtime.settings["interval"]},
+    )
+    with pytest.raises(ConfigError, match=r"autostart of auto-service/beat.*interval"):
+        create_app({**app_config, "EDGE_AUTO_SERVICE_INTERVAL": -5}, services=[svc])

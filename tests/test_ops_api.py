@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 OPS = "/api/custom-service/ops"
@@ -159,3 +160,25 @@ def test_unknown_operation_is_404(client: FlaskClient, method: str, path: str) -
     response = getattr(client, method)(OPS + path)
     assert response.status_code == 404
     assert response.json["code"] == 404
+
+
+def test_parameters_not_sent_as_json_are_415(client: FlaskClient) -> None:
+    response = client.post(f"{OPS}/heartbeat/start", data="interval=5", content_type="text/plain")
+    assert response.status_code == 415
+    assert "application/json" in response.json["message"]
+    assert client.get(f"{OPS}/heartbeat").json["state"] == "idle"
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", "null", '"fast"', "{bad json"])
+def test_a_body_that_is_not_a_json_object_is_a_4xx(client: FlaskClient, body: str) -> None:
+    response = client.post(f"{OPS}/sleep/start", data=body, content_type="application/json")
+    assert response.status_code in (400, 422)
+    assert response.json["code"] == response.status_code
+
+
+def test_no_operation_starts_once_the_service_is_shutting_down(app: Flask) -> None:
+    client = app.test_client()
+    app.extensions["pyedge"].close()
+    response = client.post(f"{OPS}/sleep/start", json={"seconds": 1})
+    assert response.status_code == 503
+    assert "shutting down" in response.json["message"]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -112,8 +113,12 @@ def node(tmp_path: Path) -> Iterator[Node]:
     node = start_node(tmp_path)
     yield node
     if node.process.poll() is None:
-        node.process.kill()
-        node.process.wait()
+        node.process.terminate()  # lets it stop its broker; kill only if that hangs
+        try:
+            node.process.wait(20)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
 
 
 def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> None:
@@ -153,21 +158,20 @@ def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> Non
 def test_sigterm_ends_a_long_wait_request_promptly(node: Node) -> None:
     wait_ready(node)
     request(node.url("/api/custom-service/ops/sleep/start"), "POST", {"seconds": 600})
-    waiter = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import urllib.request,sys; urllib.request.urlopen("
-            f"urllib.request.Request('{node.url('/api/custom-service/ops/sleep/wait')}',"
-            " method='POST'), timeout=90)",
-        ],
-    )
-    time.sleep(0.5)
+    answers: list[tuple[int, Any]] = []
+    wait_url = node.url("/api/custom-service/ops/sleep/wait")
+    waiter = threading.Thread(target=lambda: answers.append(request(wait_url, "POST")))
+    waiter.start()
+    time.sleep(0.5)  # the wait request is now held by the server
     started = time.monotonic()
     node.process.send_signal(signal.SIGTERM)
     assert node.process.wait(timeout=30) == 0
     assert time.monotonic() - started < 8  # not the 60 s wait, nor the graceful timeout
-    waiter.wait(timeout=10)
+    waiter.join(10)
+    status, session = answers[0]
+    assert status == 200
+    assert (session["state"], session["success"]) == ("done", False)
+    assert session["messages"][-1]["text"].startswith("aborted after")
 
 
 def test_a_killed_worker_fires_the_last_will_and_a_new_one_comes_online(node: Node) -> None:
@@ -187,25 +191,32 @@ def test_a_killed_worker_fires_the_last_will_and_a_new_one_comes_online(node: No
     wait_ready(node)
 
 
-def test_a_second_run_on_the_same_data_dir_refuses_to_start(node: Node, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", ["data dir", "node id"])
+def test_a_second_run_of_the_same_node_refuses_to_start(
+    node: Node, tmp_path: Path, shared: str
+) -> None:
     wait_ready(node)
+    data_dir = node.data_dir if shared == "data dir" else tmp_path / "other-data"
+    node_id = node.node_id if shared == "node id" else "another-node"
     second = subprocess.run(
-        [
-            PYEDGE,
-            "run",
-            "--port",
-            str(free_port()),
-            "--mqtt-port",
-            str(free_port()),
-            "--data-dir",
-            str(node.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+        [PYEDGE, "run", "--port", str(free_port()), "--mqtt-port", str(free_port()),
+         "--data-dir", str(data_dir)],
+        env={**os.environ, "EDGE_NODE_ID": node_id},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
     assert second.returncode == 1
+    expected = "EDGE_DATA_DIR" if shared == "data dir" else f"EDGE_NODE_ID: {node_id}"
+    assert expected in second.stderr
     assert "is in use by another pyedge run" in second.stderr
+
+
+def test_the_broker_persists_its_state_as_the_same_user(node: Node) -> None:
+    wait_ready(node)
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(timeout=20) == 0
+    log = (node.data_dir / "mosquitto" / "mosquitto.log").read_text()
+    assert "Permission denied" not in log
+    assert (node.data_dir / "mosquitto" / "mosquitto.db").stat().st_size > 0
 
 
 def test_a_bad_setting_stops_start_up_with_the_key_named(tmp_path: Path) -> None:
