@@ -168,13 +168,16 @@ setup_mosquitto() {
         found="$(find_program mosquitto)" \
             || die "mosquitto is still not found after installing the package"
         say "mosquitto: $found"
-        # Debian's package enables and starts a system broker on port 1883. We leave it
-        # alone; `pyedge run` starts its own broker and needs a free EDGE_MQTT_PORT.
+        # Debian's package enables and starts a system broker on port 1883, which would
+        # take the port `make run`'s own broker needs. We installed it just now, only for
+        # its binary, so we turn that service off again (a broker the user had before is
+        # never touched: this branch runs only when Mosquitto was missing).
         if command -v systemctl >/dev/null 2>&1 \
-                && systemctl is-active --quiet mosquitto 2>/dev/null; then
-            say "note: the mosquitto package started a system broker (systemd service" \
-                "mosquitto, port 1883). \`pyedge run\` starts its own broker: stop that one" \
-                "(sudo systemctl disable --now mosquitto) or set EDGE_MQTT_PORT."
+                && systemctl is-enabled --quiet mosquitto 2>/dev/null; then
+            say "turning off the system broker the package started (systemd service" \
+                "mosquitto, port 1883): pyedge run starts its own"
+            ${APT_SUDO[@]+"${APT_SUDO[@]}"} systemctl disable --now mosquitto \
+                || say "note: could not stop it; run: sudo systemctl disable --now mosquitto"
         fi
     fi
     if ! find_program mosquitto_sub >/dev/null; then
