@@ -112,9 +112,7 @@ def test_the_bus_reconnects_and_restores_subscriptions(
     recorder.client.publish(f"pyedge/{node_id}/probe/in", b"one", qos=1).wait_for_publish(5)
     _wait(lambda: received == [b"one"])
 
-    bus._client.socket().close()
-    _wait(lambda: not bus.connected)
-    assert bus.wait_connected(10), "no reconnect"
+    drop_connection_and_reconnect(bus)
     recorder.client.publish(f"pyedge/{node_id}/probe/in", b"two", qos=1).wait_for_publish(5)
     _wait(lambda: received == [b"one", b"two"])
     bus.close()
@@ -128,10 +126,15 @@ def test_sessions_are_republished_after_a_reconnect(
     recorder.wait_for(topic)
     before = len(recorder.on(topic))
     bus = app.extensions["pyedge"].bus
+    drop_connection_and_reconnect(bus)
+    _wait(lambda: len(recorder.on(topic)) > before)
+
+
+def drop_connection_and_reconnect(bus: Bus) -> None:
+    """Cut the bus's socket as a network fault would, and wait for paho to reconnect."""
     bus._client.socket().close()
     _wait(lambda: not bus.connected)
-    assert bus.wait_connected(10)
-    _wait(lambda: len(recorder.on(topic)) > before)
+    assert bus.wait_connected(10), "no reconnect"
 
 
 def _wait(condition: Any, timeout: float = 10) -> None:

@@ -3,11 +3,12 @@
 #
 #   tools/setup.sh [all|run|test|venv]
 #
-#   all (default), run, test  Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
+#   run                       Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
+#   test, all (default)       the same, and Chromium for the browser tests
 #   venv                      only the Python part (what `make lint` and `make format` need)
 #
 # Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
-# than .venv/.installed. Missing system packages (python3-venv, mosquitto) are installed
+# than .venv/.installed. Missing system packages (python3-venv, mosquitto, chromium) are installed
 # with apt-get when we are root or have passwordless sudo, unless PYEDGE_NO_APT=1; else
 # the script says what to install and fails.
 set -euo pipefail
@@ -186,6 +187,24 @@ setup_mosquitto() {
     fi
 }
 
+setup_chromium() {
+    # The browser tests drive the system's Chromium through Playwright's Python API;
+    # Playwright's own browser download would need a host we cannot reach.
+    local found
+    if found="$(find_program chromium)" || found="$(find_program chromium-browser)"; then
+        say "chromium: $found"
+        return 0
+    fi
+    if ! apt_allowed; then
+        die "Chromium is not installed (the browser tests need it): sudo apt-get install" \
+            "chromium  (then run this again) [no apt: $APT_WHY_NOT]"
+    fi
+    say "Chromium is not installed; installing it for the browser tests"
+    apt_install chromium
+    found="$(find_program chromium)" || die "chromium is still not found after installing it"
+    say "chromium: $found"
+}
+
 # --- main --------------------------------------------------------------------------------
 
 main() {
@@ -201,6 +220,9 @@ main() {
     setup_venv
     if [[ "$what" != venv ]]; then
         setup_mosquitto
+    fi
+    if [[ "$what" == test || "$what" == all ]]; then
+        setup_chromium
     fi
     say "ready ($what)"
 }

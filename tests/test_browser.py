@@ -1,0 +1,102 @@
+"""The pages in a real Chromium: the front page, and Swagger UI working with no internet."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+from werkzeug.serving import make_server
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """The system's Chromium (Debian: chromium; Raspberry Pi OS: chromium-browser)."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError("Chromium is not installed: make test installs it (apt: chromium)")
+
+
+@pytest.fixture
+def base_url(app: Flask) -> Iterator[str]:
+    """The app served over real HTTP on a free port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """A page that may load nothing but the node itself: a Pi can be offline."""
+    outside: list[str] = []
+    page = browser.new_page()
+
+    def local_only(route: Route) -> None:
+        if urlparse(route.request.url).netloc == urlparse(base_url).netloc:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    yield page
+    page.close()
+    assert outside == [], f"the page tried to load from outside the node: {outside}"
+
+
+def test_swagger_ui_renders_every_operation_offline(
+    page: Page, base_url: str, tmp_path: Path
+) -> None:
+    page.goto(f"{base_url}/api/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=15000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    paths = [p.replace("\u200b", "").strip() for p in paths]
+    assert "/api/custom-service/ops/sleep/start" in paths
+    assert "/api/health" in paths
+    assert page.locator(".info .title").inner_text().startswith("PyEdge")
+    page.screenshot(path=str(tmp_path / "docs.png"))
+
+
+def test_swagger_ui_runs_an_operation(page: Page, base_url: str) -> None:
+    page.goto(f"{base_url}/api/docs")
+    block = page.locator(".opblock", has=page.locator('[data-path="/api/custom-service/hello"]'))
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    block.get_by_role("button", name="Execute").click()
+    body = block.locator(".responses-wrapper .live-responses-table .microlight").first
+    body.wait_for(timeout=10000)
+    assert "Hello, world!" in body.inner_text()
+
+
+def test_front_page_shows_services_and_health(page: Page, base_url: str, node_id: str) -> None:
+    page.goto(base_url)
+    assert page.locator("h1").inner_text() == f"PyEdge on {node_id}"
+    row = page.locator("tr", has_text="custom-service")
+    assert "ok" in row.inner_text()
+    assert "sleep task: idle" in row.inner_text()
+    page.get_by_role("link", name="API docs").click()
+    page.wait_for_selector(".opblock-summary-path", timeout=15000)
