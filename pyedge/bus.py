@@ -72,9 +72,11 @@ class Bus:
 
     def add_status_topic(self, topic: str) -> None:
         """Mark `topic` retained `online` on every connect and `offline` on close."""
-        self._status_topics.append(topic)
-        if self.connected:
-            self.publish(topic, ONLINE, retain=True)
+        # Under the lock, as the connect handler is: a topic is announced exactly once.
+        with self._lock:
+            self._status_topics.append(topic)
+            if self.connected:
+                self.publish(topic, ONLINE, retain=True)
 
     def on_connect(self, callback: ConnectCallback) -> None:
         """Call `callback` (in the network thread) after every successful (re)connect."""
@@ -84,9 +86,9 @@ class Bus:
         """Deliver messages matching `topic` to `callback`, across reconnects."""
         with self._lock:
             self._subscriptions[topic] = (qos, callback)
-        self._client.message_callback_add(topic, self._guarded(callback))
-        if self.connected:
-            self._client.subscribe(topic, qos)
+            self._client.message_callback_add(topic, self._guarded(callback))
+            if self.connected:
+                self._client.subscribe(topic, qos)
 
     def publish(
         self, topic: str, payload: str | bytes, qos: int = STATE_QOS, retain: bool = False
@@ -118,15 +120,18 @@ class Bus:
 
     def close(self, timeout: float = 3.0) -> None:
         """Publish `offline` for every status topic, then disconnect cleanly."""
+        # Under the lock: a connect or downgrade in flight either finished (and we say
+        # offline) or will see `_closing` (and says nothing).
         with self._lock:
-            self._closing = True  # under the lock: a downgrade in flight sees it
-        if self.connected:
-            infos = [self.publish(t, OFFLINE, retain=True) for t in self._status_topics]
-            for info in infos:
-                try:
-                    info.wait_for_publish(timeout)
-                except (RuntimeError, ValueError):
-                    logger.warning("offline status not confirmed by the broker")
+            self._closing = True
+            infos = []
+            if self.connected:
+                infos = [self.publish(t, OFFLINE, retain=True) for t in self._status_topics]
+        for info in infos:
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                logger.warning("offline status not confirmed by the broker")
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
@@ -163,16 +168,16 @@ class Bus:
                 # An older broker: fall back to MQTT 3.1.1 once, outside paho's thread.
                 threading.Thread(target=self._downgrade, daemon=True).start()
             return
-        if self._closing:
-            return  # a reconnect that raced close(): say nothing, close() disconnects
-        self.last_error = None
         with self._lock:
+            if self._closing:
+                return  # a connect that raced close(): say nothing, close() disconnects
+            self.last_error = None
             subscriptions = [(t, q) for t, (q, _cb) in self._subscriptions.items()]
-        if subscriptions:
-            client.subscribe(subscriptions)
-        for topic in self._status_topics:
-            client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
-        self._connected.set()
+            if subscriptions:
+                client.subscribe(subscriptions)
+            for topic in self._status_topics:
+                client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
+            self._connected.set()
         logger.info("connected to MQTT broker %s as %s", self.broker, self.settings.client_id)
         for callback in list(self._connect_callbacks):
             try:

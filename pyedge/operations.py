@@ -113,6 +113,9 @@ class Session:
     _publish_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last_publish: float = field(default=0.0, repr=False)
     _flush_timer: threading.Timer | None = field(default=None, repr=False)
+    # Set when a newer session of the same operation exists: this one reports no more, so
+    # a late `done` of the old run cannot overwrite the new run's retained state.
+    _superseded: bool = field(default=False, repr=False)
 
     @property
     def kind(self) -> OpKind:
@@ -196,6 +199,8 @@ class Session:
         """Report a snapshot now (force) or, for progress, at most once per interval; a
         change that falls inside the interval is reported when the interval ends."""
         with self._publish_lock:
+            if self._superseded:
+                return
             wait = PUBLISH_INTERVAL_S - (time.monotonic() - self._last_publish)
             if not force and wait > 0:
                 if self._flush_timer is None:
@@ -256,8 +261,11 @@ class OperationRunner:
         with self._lock:
             if self._closed:
                 raise ShuttingDown(f"cannot start {name}: the service is shutting down")
-            if self.sessions[name].active:
-                raise OperationConflict(f"{name} is already {self.sessions[name].state.value}")
+            previous = self.sessions[name]
+            if previous.active:
+                raise OperationConflict(f"{name} is already {previous.state.value}")
+            with previous._publish_lock:
+                previous._superseded = True
             session = Session(
                 op,
                 on_change=self._on_change,
@@ -265,6 +273,8 @@ class OperationRunner:
                 state=OpState.STARTING,
                 started_at=utc_now(),
                 params=dict(params),
+                # One publish lock per operation: reports of successive runs stay in order.
+                _publish_lock=previous._publish_lock,
             )
             self.sessions[name] = session
             thread = threading.Thread(
@@ -274,8 +284,10 @@ class OperationRunner:
                 name=f"{self._thread_prefix}-{name}",
             )
             self._threads[name] = thread
-        session.publish()
-        thread.start()
+            # Still under the lock: shutdown() never sees a thread it cannot join, and
+            # `starting` is reported before the thread can report `running`.
+            session.publish()
+            thread.start()
         return session
 
     def abort(self, name: str) -> Session:

@@ -157,3 +157,18 @@ def test_a_broker_refusing_mqtt5_gets_mqtt_311(broker: Broker, node_id: str) -> 
     assert bus.wait_connected(10)
     assert bus._client.protocol is MQTTProtocolVersion.MQTTv311
     bus.close()
+
+
+def test_close_racing_the_first_connect_never_leaves_online_behind(
+    broker: Broker, recorder: MqttRecorder, node_id: str
+) -> None:
+    for i in range(40):
+        topic = f"pyedge/{node_id}/race-{i}/status"
+        bus = Bus(BusSettings(broker.host, broker.port, f"race-{node_id}-{i}", will_topic=topic))
+        bus.start()
+        time.sleep(i % 5 / 1000)  # close at 0-4 ms: before, during and after the CONNACK
+        bus.close()
+    recorder.subscribe(f"pyedge/{node_id}/+/status")
+    time.sleep(0.5)  # retained messages arrive right after the SUBACK
+    left_online = [m.topic for m in recorder.messages if m.payload == b"online"]
+    assert left_online == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -180,3 +181,45 @@ def test_no_start_after_shutdown(runner: OperationRunner) -> None:
     runner.shutdown()
     with pytest.raises(ShuttingDown):
         runner.start("instant", {})
+
+
+def start_unless_shut_down(runner: OperationRunner) -> None:
+    with contextlib.suppress(ShuttingDown):
+        runner.start("loop", {})
+
+
+def test_shutdown_racing_a_start_stops_cleanly() -> None:
+    op = Operation("loop", OpKind.PROCESS, until_stopped)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(300):
+            runner = OperationRunner({"loop": op}, on_change=lambda snapshot: None)
+            starter = threading.Thread(target=start_unless_shut_down, args=(runner,))
+            starter.start()
+            runner.shutdown(timeout=5)  # must not raise, whatever the start was doing
+            starter.join(5)
+            assert not runner.sessions["loop"].active
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_a_restart_is_never_overwritten_by_the_previous_run(
+    runner: OperationRunner, published: list[dict[str, Any]]
+) -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(200):
+            runner.start("instant", {}).wait(5)
+            session = runner.start("loop", {})
+            runner.stop("loop")
+            session.wait(5)
+            again = runner.start("loop", {})
+            time.sleep(0.001)
+            last = [p for p in published if p["op"] == "loop"][-1]
+            assert last["started_at"] == again.started_at, "an old run's report came last"
+            runner.stop("loop")
+            again.wait(5)
+    finally:
+        sys.setswitchinterval(previous)
