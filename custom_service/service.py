@@ -47,7 +47,8 @@ def heartbeat(session: Session, params: dict[str, Any]) -> str:
     while True:
         seq += 1
         ts = utc_now()
-        runtime.bus.publish_json(topic, {"seq": seq, "ts": ts})
+        # QoS 0: a beat is worth nothing later, so none pile up while the broker is away.
+        runtime.bus.publish_json(topic, {"seq": seq, "ts": ts}, qos=0)
         session.update(seq=seq, last_beat=ts, interval=params["interval"])
         if not session.sleep(params["interval"]):
             return f"stopped after {seq} beats"

@@ -18,10 +18,6 @@ logger = logging.getLogger(__name__)
 # MQTT 5 reason codes we act on (paho's names for them differ between releases).
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
 SESSION_TAKEN_OVER = 0x8E
-# paho's queue of QoS > 0 messages waiting for a connection; beyond it publish() fails
-# (and is logged) instead of growing without bound while the broker is away.
-MAX_QUEUED_MESSAGES = 10000
-
 ONLINE = "online"
 OFFLINE = "offline"
 STATE_QOS = 1
@@ -94,12 +90,11 @@ class Bus:
         self, topic: str, payload: str | bytes, qos: int = STATE_QOS, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         """Publish; QoS 1 messages given while disconnected are sent after reconnect."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            logger.warning(
-                "MQTT queue full (%d): dropped a message to %s", MAX_QUEUED_MESSAGES, topic
-            )
-        return info
+        # paho keeps QoS > 0 messages until acknowledged, with no cap: its cap
+        # (max_queued_messages) counts in-flight messages too and would drop a burst even
+        # while connected. Volume data needs its own flow control (an outbox); telemetry
+        # that is stale after an outage should be published at QoS 0.
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_json(
         self, topic: str, value: Any, qos: int = STATE_QOS, retain: bool = False
@@ -142,7 +137,6 @@ class Bus:
         )
         client.will_set(self.settings.will_topic, OFFLINE, qos=STATE_QOS, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         with self._lock:
