@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
@@ -10,8 +9,6 @@ from typing import Any
 from edge_server.config import load_settings
 from pyedge import ConfigError, EdgeService
 from pyedge.config import LoadedConfig
-
-logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "pyedge.services"
 

@@ -112,23 +112,22 @@ class ServiceHost:
 
     def health(self) -> dict[str, Any]:
         """The node's health: every service's, and the bus's."""
-        services = {
-            slug: {"status": h.status, "detail": h.detail}
-            for slug, h in ((slug, rt.health()) for slug, rt in self.runtimes.items())
-        }
+        healths = {slug: runtime.health() for slug, runtime in self.runtimes.items()}
         bus = self.bus
         mqtt = {
             "status": "connected" if bus and bus.connected else "disconnected",
             "broker": bus.broker if bus else "",
             "detail": (bus.last_error if bus else "no bus") or "",
         }
-        ok = mqtt["status"] == "connected" and all(s["status"] == "ok" for s in services.values())
+        ok = mqtt["status"] == "connected" and all(h.ok for h in healths.values())
         return {
             "status": "ok" if ok else "degraded",
             "node": self.node,
             "version": __version__,
             "mqtt": mqtt,
-            "services": services,
+            "services": {
+                slug: {"status": h.status, "detail": h.detail} for slug, h in healths.items()
+            },
         }
 
     def describe(self, runtime: ServiceRuntime) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from flask_smorest import Blueprint
 
 from pyedge import ops_views
 from pyedge.config import SLUG_RE, ConfigError, Section, Setting
+from pyedge.errors import PyEdgeError
 from pyedge.operations import (
     Autostart,
     NoParams,
@@ -36,7 +37,7 @@ TOPIC_ROOT = "pyedge"
 HealthCheck = Callable[["ServiceRuntime"], str | None]
 
 
-class Degraded(Exception):
+class Degraded(PyEdgeError):
     """Raised by a health check to report the service degraded, with the reason."""
 
 
