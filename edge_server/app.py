@@ -49,7 +49,11 @@ def create_app(
 
     host = ServiceHost(services, process_slug=PROCESS_SLUG)
     host.init_app(app, api)
-    host.start()
+    try:
+        host.start()
+    except BaseException:
+        host.close()  # a service that failed to start must not leave the others running
+        raise
     logger.info(
         "edge-server on node %s with %s", host.node, ", ".join(host.runtimes) or "no services"
     )

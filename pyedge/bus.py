@@ -23,6 +23,9 @@ OFFLINE = "offline"
 STATE_QOS = 1
 MessageCallback = Callable[[mqtt.MQTTMessage], None]
 ConnectCallback = Callable[[], None]
+# Called (in the network thread) with a message id and the broker's reason code when a
+# QoS 1 PUBLISH is acknowledged (or a QoS 0 one is written).
+AckCallback = Callable[[int, ReasonCode], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Bus:
         self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
         self._status_topics: list[str] = [settings.will_topic]
         self._connect_callbacks: list[ConnectCallback] = []
+        self._ack_callbacks: list[AckCallback] = []
         self._connected = threading.Event()
         self._closing = False
         self.last_error: str | None = "not connected yet"
@@ -77,6 +81,10 @@ class Bus:
     def on_connect(self, callback: ConnectCallback) -> None:
         """Call `callback` (in the network thread) after every successful (re)connect."""
         self._connect_callbacks.append(callback)
+
+    def on_ack(self, callback: AckCallback) -> None:
+        """Call `callback(mid, reason_code)` when the broker acknowledges a PUBLISH."""
+        self._ack_callbacks.append(callback)
 
     def subscribe(self, topic: str, callback: MessageCallback, qos: int = STATE_QOS) -> None:
         """Deliver messages matching `topic` to `callback`, across reconnects."""
@@ -139,6 +147,7 @@ class Bus:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
         with self._lock:
             for topic, (_qos, callback) in self._subscriptions.items():
                 client.message_callback_add(topic, self._guarded(callback))
@@ -199,6 +208,20 @@ class Bus:
                 )
             elif was_connected:
                 logger.warning("%s; reconnecting", self.last_error)
+
+    def _handle_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        for callback in list(self._ack_callbacks):
+            try:
+                callback(mid, reason_code)
+            except Exception:
+                logger.exception("ack callback failed")
 
     def _downgrade(self) -> None:
         with self._lock:

@@ -41,6 +41,9 @@ class Setting:
     parse: Parser
     default: Any
     help: str = ""
+    # Another environment variable that also sets it (e.g. EDGE_SENSORS for a service's
+    # sensors file); the prefixed name, when set, wins.
+    env_alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,8 @@ def load(
             raw, source = setting.default, "default"
             if setting.name in table:
                 raw, source = table[setting.name], f"{file_path} [{section.table}] {setting.name}"
+            if setting.env_alias and setting.env_alias in environ:
+                raw, source = environ[setting.env_alias], f"environment {setting.env_alias}"
             if key in environ:
                 raw, source = environ[key], f"environment {key}"
             if key in overrides:

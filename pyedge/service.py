@@ -35,6 +35,7 @@ OP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 TOPIC_ROOT = "pyedge"
 
 HealthCheck = Callable[["ServiceRuntime"], str | None]
+LifecycleHook = Callable[["ServiceRuntime"], None]
 
 
 class Degraded(PyEdgeError):
@@ -80,6 +81,8 @@ class EdgeService:
         self.section = Section(slug, tuple(settings))
         self.operations: dict[str, Operation] = {}
         self.health_checks: list[HealthCheck] = []
+        self.start_hooks: list[LifecycleHook] = []
+        self.stop_hooks: list[LifecycleHook] = []
         self.blueprint = Blueprint(
             slug,
             import_name or __name__,
@@ -147,6 +150,20 @@ class EdgeService:
         self.health_checks.append(check)
         return check
 
+    def on_start(self, hook: LifecycleHook) -> LifecycleHook:
+        """Register `hook(runtime)` to run when the service starts, before its autostarts.
+
+        It sets up what the service owns (files, threads), keeping it in `runtime.extras`;
+        it may raise ConfigError, which stops start-up.
+        """
+        self.start_hooks.append(hook)
+        return hook
+
+    def on_stop(self, hook: LifecycleHook) -> LifecycleHook:
+        """Register `hook(runtime)` to run when the service stops, after its operations."""
+        self.stop_hooks.append(hook)
+        return hook
+
     def runtime(self) -> ServiceRuntime:
         """This service's runtime in the current Flask app."""
         runtime: ServiceRuntime = current_app.extensions["pyedge"].runtimes[self.slug]
@@ -191,6 +208,8 @@ class ServiceRuntime:
             context=self,
         )
         self.autostart = self._autostart_params()
+        # What the service's start hooks set up for this runtime (an outbox, a thread).
+        self.extras: dict[str, Any] = {}
 
     @property
     def slug(self) -> str:
@@ -207,6 +226,8 @@ class ServiceRuntime:
         self.bus.add_status_topic(self.topic("status"))
         self.bus.on_connect(self.publish_all_sessions)
         self.publish_all_sessions()
+        for hook in self.service.start_hooks:
+            hook(self)
         for name, params in self.autostart.items():
             logger.info("autostarting %s/%s", self.slug, name)
             self.runner.start(name, params)
@@ -230,8 +251,13 @@ class ServiceRuntime:
         return result
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every running operation."""
+        """Stop every running operation, then run the stop hooks (last started, first)."""
         self.runner.shutdown(timeout)
+        for hook in reversed(self.service.stop_hooks):
+            try:
+                hook(self)
+            except Exception:
+                logger.exception("stop hook of %s failed", self.slug)
 
     def publish_session(self, snapshot: dict[str, Any]) -> None:
         """Publish a session snapshot, retained, so late subscribers see the current state."""

@@ -69,6 +69,8 @@ def app_config(broker: Broker, tmp_path: Path, node_id: str) -> dict[str, Any]:
         "EDGE_NODE_ID": node_id,
         "EDGE_DATA_DIR": str(tmp_path / "data"),
         "EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART": False,
+        # The foundation's tests look at custom-service alone; device-service has its own.
+        "EDGE_SERVICES": "custom-service",
     }
 
 

@@ -1,0 +1,1 @@
+"""Sensor and actuator drivers, found through the entry-point group pyedge.drivers."""

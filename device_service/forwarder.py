@@ -1,0 +1,137 @@
+"""The forwarder: drains the outbox to the broker in order, a bounded window at a time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device_service.outbox import Outbox, OutboxError
+from pyedge import Bus
+
+logger = logging.getLogger(__name__)
+
+READING_QOS = 1
+# With nothing to do, look again this often (new readings and acks wake it sooner).
+IDLE_WAIT_S = 0.5
+# A window that sees no acknowledgement this long while connected is published again
+# (duplicates are QoS 1 redeliveries; losing the window would be worse).
+STALL_S = 30.0
+PACE_SLACK_S = 0.01
+
+
+class Forwarder:
+    """Publishes outbox rows oldest first and removes each once its PUBACK has arrived.
+
+    At most `inflight` rows are handed to paho at a time and none while disconnected, so
+    paho's memory stays bounded however long the broker is away; the outbox holds the rest.
+    On reconnect paho re-sends its unacknowledged window, then new rows follow in order.
+    """
+
+    def __init__(self, outbox: Outbox, bus: Bus, *, inflight: int, rate: float) -> None:
+        self.outbox = outbox
+        self.bus = bus
+        self.inflight = inflight
+        self.interval = 1.0 / rate
+        self._pending: OrderedDict[int, mqtt.MQTTMessageInfo] = OrderedDict()
+        self._cursor = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_progress = time.monotonic()
+        self._next_send = 0.0
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        bus.on_ack(self._on_ack)
+        bus.on_connect(self._on_connect)
+
+    def wake(self) -> None:
+        """New rows are in the outbox: publish them soon."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run in a thread of its own until stop()."""
+        self._thread = threading.Thread(target=self._run, name="device-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop forwarding; unacknowledged rows stay in the outbox for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def in_flight(self) -> int:
+        """Rows handed to paho and not yet acknowledged."""
+        return len(self._pending)
+
+    def _on_ack(self, mid: int, reason_code: ReasonCode) -> None:
+        self._wake.set()
+
+    def _on_connect(self) -> None:
+        # Time spent disconnected is no stall: paho re-sends the window now.
+        self._last_progress = time.monotonic()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._collect_acks()
+                self._publish_window()
+                self.error = None
+            except OutboxError as exc:
+                self.error = str(exc)
+                logger.error("forwarder: %s", exc)
+            self._wake.wait(IDLE_WAIT_S)
+            self._wake.clear()
+        self._collect_acks()
+
+    def _collect_acks(self) -> None:
+        done = [row_id for row_id, info in self._pending.items() if info.is_published()]
+        if done:
+            self.outbox.ack(done)
+            for row_id in done:
+                del self._pending[row_id]
+            self._last_progress = time.monotonic()
+        elif (
+            self._pending
+            and self.bus.connected
+            and time.monotonic() - self._last_progress > STALL_S
+        ):
+            logger.warning("forwarder: no PUBACK for %.0f s; publishing again", STALL_S)
+            self._pending.clear()
+            self._cursor = 0
+            self._last_progress = time.monotonic()
+
+    def _publish_window(self) -> None:
+        room = self.inflight - len(self._pending)
+        if room <= 0 or not self.bus.connected:
+            return
+        for row in self.outbox.peek(room, self._cursor):
+            if self._stop.is_set() or not self.bus.connected:
+                return
+            info = self.bus.publish(row.topic, row.payload, qos=READING_QOS, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+                logger.error("forwarder: paho refused a publish (rc %s); retrying later", info.rc)
+                return
+            self._pending[row.id] = info
+            self._cursor = row.id
+            self._pace()
+
+    def _pace(self) -> None:
+        # A token bucket: the drain rate bounds a backlog's burst, while a live stream far
+        # below it never waits. Sleep only once ahead by 10 ms, as sleeps are coarse.
+        now = time.monotonic()
+        self._next_send = max(self._next_send, now - PACE_SLACK_S) + self.interval
+        ahead = self._next_send - now
+        if ahead > PACE_SLACK_S:
+            time.sleep(ahead)
+
+    def stats(self) -> dict[str, Any]:
+        """What the forwarder is doing, for the outbox endpoint."""
+        return {"in_flight": self.in_flight, "error": self.error}

@@ -1,0 +1,121 @@
+"""device-service REST resources: sensors, their history, and the outbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import abort
+
+from device_service.device import Device
+from device_service.history import downsample
+from device_service.schemas import (
+    HistoryArgs,
+    HistorySchema,
+    OutboxSchema,
+    SensorPatchSchema,
+    SensorSchema,
+)
+from device_service.sensors import Sensor
+from device_service.service import DEVICE, service
+
+blp = service.blueprint
+# The history read for one request at most; a longer range is downsampled from this many.
+MAX_HISTORY_ROWS = 200_000
+
+
+def current_device() -> Device:
+    """The running device, or 503 while the service is not started."""
+    device: Device | None = service.runtime().extras.get(DEVICE)
+    if device is None:
+        abort(HTTPStatus.SERVICE_UNAVAILABLE, message="device-service is not running")
+    return device
+
+
+def find_sensor(device: Device, name: str) -> Sensor:
+    """The named sensor, or 404."""
+    sensor = device.sensors.get(name)
+    if sensor is None:
+        abort(HTTPStatus.NOT_FOUND, message=f"no sensor {name!r}")
+    return sensor
+
+
+def describe(device: Device, sensor: Sensor) -> dict[str, Any]:
+    """A sensor as the API shows it."""
+    return {
+        "name": sensor.name,
+        "driver": sensor.driver_name,
+        "interval": sensor.interval,
+        "units": sensor.units,
+        "device_class": sensor.device_class,
+        "state_class": sensor.state_class,
+        "offset": sensor.offset,
+        "scale": sensor.scale,
+        "options": sensor.options,
+        "available": device.available[sensor.name],
+        "error": device.errors.get(sensor.name),
+        "topic": device.topic(sensor.name),
+        "last": device.last.get(sensor.name),
+    }
+
+
+@blp.route("/sensors")
+class Sensors(MethodView):
+    @blp.response(200, SensorSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List the sensors with their availability and last reading."""
+        device = current_device()
+        return [describe(device, sensor) for sensor in device.sensors.values()]
+
+
+@blp.route("/sensors/<name>")
+class SensorResource(MethodView):
+    @blp.response(200, SensorSchema)
+    def get(self, name: str) -> dict[str, Any]:
+        """Show a sensor: configuration, availability, last reading."""
+        device = current_device()
+        return describe(device, find_sensor(device, name))
+
+    @blp.arguments(SensorPatchSchema)
+    @blp.response(200, SensorSchema)
+    def patch(self, changes: dict[str, Any], name: str) -> dict[str, Any]:
+        """Change a sensor's interval or calibration until the next restart."""
+        device = current_device()
+        sensor = find_sensor(device, name)
+        for key, value in changes.items():
+            setattr(sensor, key, value)
+        return describe(device, sensor)
+
+
+@blp.route("/sensors/<name>/history")
+class SensorHistory(MethodView):
+    @blp.arguments(HistoryArgs, location="query")
+    @blp.response(200, HistorySchema)
+    def get(self, args: dict[str, Any], name: str) -> dict[str, Any]:
+        """A sensor's readings over time, averaged into at most `limit` points."""
+        device = current_device()
+        find_sensor(device, name)
+        until = args["until"] or datetime.now(UTC)
+        since = args["since"] or until - timedelta(hours=1)
+        if since > until:
+            abort(HTTPStatus.UNPROCESSABLE_ENTITY, message="since is after until")
+        rows = device.outbox.history(name, since.timestamp(), until.timestamp(), MAX_HISTORY_ROWS)
+        points, downsampled = downsample(rows, since.timestamp(), until.timestamp(), args["limit"])
+        return {
+            "sensor": name,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+            "downsampled": downsampled,
+            "points": points,
+        }
+
+
+@blp.route("/outbox")
+class OutboxResource(MethodView):
+    @blp.response(200, OutboxSchema)
+    def get(self) -> dict[str, Any]:
+        """How many readings wait for the broker, and how many were drained or dropped."""
+        device = current_device()
+        return {**device.outbox.stats(), **device.forwarder.stats()}
