@@ -58,8 +58,19 @@ class Forwarder:
         self._thread = threading.Thread(target=self._run, name="device-forwarder", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop forwarding; unacknowledged rows stay in the outbox for the next start."""
+    def stop(self, timeout: float = 5.0, drain: float = 2.0) -> None:
+        """Stop forwarding, after up to `drain` seconds of sending what is left.
+
+        What is still unacknowledged then stays in the outbox for the next start.
+        """
+        deadline = time.monotonic() + drain
+        while (
+            self.bus.connected
+            and time.monotonic() < deadline
+            and (self._pending or self.outbox.stats()["depth"])
+        ):
+            self._wake.set()
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -222,6 +222,8 @@ def load(
                 raw, source = environ[setting.env_alias], f"environment {setting.env_alias}"
             if key in environ:
                 raw, source = environ[key], f"environment {key}"
+            if setting.env_alias and setting.env_alias in overrides:
+                raw, source = overrides[setting.env_alias], "create_app(config)"
             if key in overrides:
                 raw, source = overrides[key], "create_app(config)"
             values[key] = _parse(setting, key, raw, source)

@@ -1,0 +1,160 @@
+"""The promise under faults: broker away, service killed. Every seq arrives, in order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_server import create_app
+from edge_server.broker import Mosquitto
+from edge_server.config import REPO_MQTT_CONFIG
+from tests.conftest import free_port
+from tests.device.conftest import write_sensors
+from tests.device.persistent_subscriber import PersistentSubscriber, account
+
+logger = logging.getLogger(__name__)
+
+# Two sensors every 40 ms: 50 readings a second.
+INTERVAL = 0.04
+SENSORS = ("temp", "level")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def check_every_seq(subscriber: PersistentSubscriber, last: dict[str, int]) -> dict[str, Any]:
+    """Wait for every seq of every sensor; return the accounts (lost must be 0)."""
+    for sensor in SENSORS:
+        wait_until(
+            lambda s=sensor: set(range(1, last[s] + 1)) <= set(subscriber.received(s)),
+            30,
+            f"all {last[sensor]} readings of {sensor}",
+        )
+    accounts = {sensor: account(subscriber.received(sensor), last[sensor]) for sensor in SENSORS}
+    logger.warning("fault test accounts: %s", accounts)  # shown in the test log for the note
+    for sensor, counts in accounts.items():
+        assert counts["lost"] == 0, (sensor, counts)
+        assert counts["out_of_order"] == 0, (sensor, counts)
+    return accounts
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of this test's own, to stop and start again on the same port and data."""
+    broker = Mosquitto(REPO_MQTT_CONFIG, tmp_path / "broker", "127.0.0.1", free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_broker_away_for_seconds_loses_nothing(
+    own_broker: Mosquitto, tmp_path: Path, node_id: str
+) -> None:
+    subscriber = PersistentSubscriber(
+        "127.0.0.1",
+        own_broker.port,
+        f"sub-{node_id}",
+        f"pyedge/{node_id}/device-service/sensors/+",
+    )
+    app = create_app(
+        {
+            "EDGE_MQTT_PORT": own_broker.port,
+            "EDGE_NODE_ID": node_id,
+            "EDGE_DATA_DIR": str(tmp_path / "data"),
+            "EDGE_SERVICES": "device-service",
+            "EDGE_DEVICE_SERVICE_SENSORS": str(write_sensors(tmp_path / "s.toml", INTERVAL)),
+        }
+    )
+    client = app.test_client()
+    try:
+        time.sleep(1.0)
+        own_broker.stop()  # SIGTERM: the broker saves the subscriber's session and queue
+        time.sleep(4.0)
+        outbox = client.get("/api/device-service/outbox").json
+        assert outbox["depth"] >= 100, outbox  # sampling went on into the outbox
+        own_broker.start()
+        wait_until(
+            lambda: client.get("/api/device-service/outbox").json["depth"] == 0,
+            30,
+            "the outbox to drain",
+        )
+        client.post("/api/device-service/ops/acquire/stop")
+        client.post("/api/device-service/ops/acquire/wait?timeout=5")
+        wait_until(
+            lambda: client.get("/api/device-service/outbox").json["depth"] == 0,
+            10,
+            "the last readings to leave",
+        )
+        last = {s["name"]: s["last"]["seq"] for s in client.get("/api/device-service/sensors").json}
+        assert min(last.values()) >= 200  # about 6 s at 25 readings/s each
+        check_every_seq(subscriber, last)
+    finally:
+        app.extensions["pyedge"].close()
+        subscriber.close()
+
+
+def start_service(tmp_path: Path, node_id: str, port: int) -> subprocess.Popen[bytes]:
+    """The device-service in a process of its own, as `pyedge run` serves it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    env.update(
+        EDGE_NODE_ID=node_id,
+        EDGE_MQTT_PORT=str(port),
+        EDGE_SERVICES="device-service",
+        EDGE_DATA_DIR=str(tmp_path / "data"),
+        EDGE_HTTP_HOST="127.0.0.1",
+        EDGE_HTTP_PORT=str(free_port()),
+        EDGE_DEVICE_SERVICE_SENSORS=str(write_sensors(tmp_path / "s.toml", INTERVAL)),
+    )
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "pyedge"), "run", "--no-broker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_a_killed_service_goes_on_from_where_it_was(
+    broker: Any, tmp_path: Path, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/device-service/sensors/+"
+    subscriber = PersistentSubscriber(
+        broker.host, broker.port, f"kill-{uuid.uuid4().hex[:6]}", topic
+    )
+    first = start_service(tmp_path, node_id, broker.port)
+    try:
+        wait_until(lambda: len(subscriber.received("temp")) >= 50, 20, "the first readings")
+        os.killpg(first.pid, signal.SIGKILL)  # no goodbye: whatever was in flight is cut
+        first.wait(10)
+        killed_at = max(subscriber.received("temp"))
+        second = start_service(tmp_path, node_id, broker.port)
+        try:
+            wait_until(
+                lambda: max(subscriber.received("temp")) >= killed_at + 50,
+                20,
+                "readings after the restart",
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(20)
+        # The second run's last seqs: the highest each sensor reached.
+        last = {s: max(subscriber.received(s)) for s in SENSORS}
+        check_every_seq(subscriber, last)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        subscriber.close()
