@@ -70,4 +70,6 @@ SETTINGS = (
         "history_retention", cfg.number(low=0.01), 24.0, "hours of readings the history keeps"
     ),
     cfg.Setting("acquire_autostart", cfg.boolean, True, "start sampling when the service starts"),
+    cfg.Setting("discovery", cfg.boolean, True, "announce the sensors to Home Assistant"),
+    cfg.Setting("discovery_prefix", cfg.text, "homeassistant", "Home Assistant's discovery prefix"),
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from device_service.drivers.base import DriverCatalog, DriverError, Reading
+from device_service.discovery import OFF, ON, Discovery
+from device_service.drivers.base import Actuator, DriverCatalog, DriverError, Reading
 from device_service.forwarder import Forwarder
 from device_service.outbox import Outbox, OutboxError
 from device_service.outbox import Reading as StoredReading
@@ -20,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 ONLINE = "online"
 OFFLINE = "offline"
+ANNOUNCED = "discovery.announced"
+
+
+class ActuatorError(Exception):
+    """A request to switch an actuator that is unknown or cannot be switched."""
 
 
 class Device:
@@ -49,15 +56,77 @@ class Device:
         self.store_error: str | None = None
         # One reader per sensor at a time: the sampling loop and the `read` Task share them.
         self._locks = {name: threading.Lock() for name in self.sensors}
-        runtime.bus.on_connect(self._publish_availability)
+        self.actuators = {
+            name: sensor
+            for name, sensor in self.sensors.items()
+            if isinstance(sensor.driver, Actuator)
+        }
+        # Each actuator's state as last switched or read, echoed retained on MQTT.
+        self.actuator_states: dict[str, bool] = {}
+        self.discovery: Discovery | None = None
+        if settings["discovery"]:
+            self.discovery = Discovery(
+                runtime,
+                list(self.sensors.values()),
+                settings["discovery_prefix"],
+                set(self.outbox.get_state(ANNOUNCED, [])),
+            )
+        runtime.bus.on_connect(self._on_connect)
 
     def topic(self, sensor: str, *parts: str) -> str:
         """pyedge/<node>/device-service/sensors/<sensor>[/<parts>]."""
         return self.runtime.topic("sensors", sensor, *parts)
 
     def start(self) -> None:
-        """Start forwarding what the outbox holds (a previous run's readings first)."""
+        """Start forwarding (a previous run's readings first), announce, accept commands."""
         self.forwarder.start()
+        bus = self.runtime.bus
+        bus.subscribe(self.runtime.topic("actuators", "+", "set"), self._on_set)
+        if self.discovery is not None:
+            self.discovery.start()
+            self.outbox.set_state(ANNOUNCED, sorted(self.discovery.configs))
+        for name in self.actuators:
+            self._echo(name)
+
+    def switch(self, name: str, state: bool) -> bool:
+        """Switch an actuator and echo its new state; raises ActuatorError."""
+        sensor = self.actuators.get(name)
+        if sensor is None:
+            raise ActuatorError(f"no actuator {name!r}")
+        driver = sensor.driver
+        assert isinstance(driver, Actuator)
+        try:
+            with self._locks[name]:
+                reading = driver.write(state)
+        except (DriverError, OSError) as exc:
+            self._set_available(name, False, f"{type(exc).__name__}: {exc}")
+            raise ActuatorError(f"{name}: {exc}") from exc
+        new_state = bool(reading.get("state", state))
+        self._echo(name, new_state)
+        return new_state
+
+    def _echo(self, name: str, state: bool | None = None) -> None:
+        if state is None:
+            raw = self.read(self.actuators[name])
+            if raw is None:
+                return
+            state = bool(raw.get("state"))
+        self.actuator_states[name] = state
+        self.runtime.bus.publish(
+            self.runtime.topic("actuators", name), ON if state else OFF, retain=True
+        )
+
+    def _on_set(self, message: Any) -> None:
+        name = message.topic.split("/")[-2]
+        try:
+            self.switch(name, parse_switch(message.payload))
+        except (ActuatorError, ValueError) as exc:
+            logger.warning("ignored command on %s: %s", message.topic, exc)
+
+    def _on_connect(self) -> None:
+        self._publish_availability()
+        if self.discovery is not None:
+            self.discovery.announce()
 
     def close(self) -> None:
         """Stop forwarding, release the drivers and close the outbox."""
@@ -143,3 +212,19 @@ class Device:
                 self.runtime.bus.publish(
                     self.topic(name, "availability"), ONLINE if ok else OFFLINE, retain=True
                 )
+
+
+def parse_switch(payload: bytes) -> bool:
+    """ON/OFF (any case), true/false, 1/0, or JSON {"state": ...}; raises ValueError."""
+    text = payload.decode(errors="replace").strip()
+    words = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+    if text.lower() in words:
+        return words[text.lower()]
+    problem = f'expected ON, OFF or {{"state": true|false}}, got {text[:40]!r}'
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(problem) from None
+    if isinstance(value, dict) and isinstance(value.get("state"), bool | str):
+        return parse_switch(str(value["state"]).encode())
+    raise ValueError(problem)

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS history (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_sensor_ts ON history (sensor, ts);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -189,6 +190,21 @@ class Outbox:
                 "DELETE FROM history WHERE ts < ?", (older_than,)
             ).rowcount
         return removed
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """A small JSON value the service keeps across runs (e.g. what it announced)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Store a small JSON value for the next run."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     def close(self) -> None:
         """Close the database (after the last write)."""

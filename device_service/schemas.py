@@ -95,3 +95,20 @@ class HistorySchema(ma.Schema):
     until = ma.fields.String(required=True)
     downsampled = ma.fields.Boolean(required=True)
     points = ma.fields.List(ma.fields.Nested(HistoryPointSchema), required=True)
+
+
+class ActuatorStateSchema(ma.Schema):
+    """The state to switch an actuator to."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    state = ma.fields.Boolean(required=True)
+
+
+class ActuatorSchema(ma.Schema):
+    """An actuator and its state."""
+
+    name = ma.fields.String(required=True)
+    state = ma.fields.Boolean(required=True, allow_none=True)
+    topic = ma.fields.String(required=True, metadata={"description": "where its state is echoed"})

@@ -9,9 +9,11 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import abort
 
-from device_service.device import Device
+from device_service.device import ActuatorError, Device
 from device_service.history import downsample
 from device_service.schemas import (
+    ActuatorSchema,
+    ActuatorStateSchema,
     HistoryArgs,
     HistorySchema,
     OutboxSchema,
@@ -119,3 +121,34 @@ class OutboxResource(MethodView):
         """How many readings wait for the broker, and how many were drained or dropped."""
         device = current_device()
         return {**device.outbox.stats(), **device.forwarder.stats()}
+
+
+def actuator_state(device: Device, name: str) -> dict[str, Any]:
+    """An actuator as the API shows it: its state as last switched or read."""
+    topic = device.runtime.topic("actuators", name)
+    return {"name": name, "state": device.actuator_states.get(name), "topic": topic}
+
+
+@blp.route("/actuators")
+class Actuators(MethodView):
+    @blp.response(200, ActuatorSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List the actuators (relays, LEDs) with their last known state."""
+        device = current_device()
+        return [actuator_state(device, name) for name in device.actuators]
+
+
+@blp.route("/actuators/<name>")
+class ActuatorResource(MethodView):
+    @blp.arguments(ActuatorStateSchema)
+    @blp.response(200, ActuatorSchema)
+    def put(self, body: dict[str, bool], name: str) -> dict[str, Any]:
+        """Switch an actuator; its new state is echoed on MQTT too."""
+        device = current_device()
+        if name not in device.actuators:
+            abort(HTTPStatus.NOT_FOUND, message=f"no actuator {name!r}")
+        try:
+            device.switch(name, body["state"])
+        except ActuatorError as exc:
+            abort(HTTPStatus.SERVICE_UNAVAILABLE, message=str(exc))
+        return actuator_state(device, name)

@@ -1,0 +1,106 @@
+"""Home Assistant MQTT discovery: one retained config per entity, none left behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from device_service.drivers.base import Actuator
+from device_service.sensors import Sensor
+from pyedge import ServiceRuntime, __version__
+
+logger = logging.getLogger(__name__)
+
+BIRTH_TOPIC = "status"  # under the discovery prefix: Home Assistant says `online` there
+ON, OFF = "ON", "OFF"
+
+
+def entities(runtime: ServiceRuntime, sensors: list[Sensor], prefix: str) -> dict[str, Any]:
+    """Every discovery config topic and its payload, for the sensors and actuators."""
+    node = runtime.node
+    device = {
+        "identifiers": [f"pyedge_{node}"],
+        "name": f"PyEdge {node}",
+        "manufacturer": "PyEdge",
+        "model": runtime.settings["machine_type"],
+        "sw_version": __version__,
+    }
+    result: dict[str, Any] = {}
+    for sensor in sensors:
+        # All must be online: the process (its will), the service, and the sensor itself.
+        availability = [
+            {"topic": runtime.bus.settings.will_topic},
+            {"topic": runtime.topic("status")},
+            {"topic": runtime.topic("sensors", sensor.name, "availability")},
+        ]
+        common = {
+            "device": device,
+            "availability": availability,
+            "availability_mode": "all",
+            "state_topic": runtime.topic("sensors", sensor.name),
+        }
+        if isinstance(sensor.driver, Actuator):
+            object_id = sensor.name
+            result[f"{prefix}/switch/{node}/{object_id}/config"] = {
+                **common,
+                "name": sensor.name,
+                "unique_id": f"pyedge_{node}_{object_id}",
+                "state_topic": runtime.topic("actuators", sensor.name),
+                "command_topic": runtime.topic("actuators", sensor.name, "set"),
+                "payload_on": ON,
+                "payload_off": OFF,
+            }
+            continue
+        for quantity, unit in sensor.units.items():
+            single = list(sensor.units) == ["value"]
+            object_id = sensor.name if single else f"{sensor.name}_{quantity}"
+            component = "binary_sensor" if quantity == "state" else "sensor"
+            config: dict[str, Any] = {
+                **common,
+                "name": sensor.name if single else f"{sensor.name} {quantity}",
+                "unique_id": f"pyedge_{node}_{object_id}",
+            }
+            if component == "binary_sensor":
+                config["value_template"] = f"{{{{ 'ON' if value_json.{quantity} else 'OFF' }}}}"
+            else:
+                config["value_template"] = f"{{{{ value_json.{quantity} }}}}"
+                if unit:
+                    config["unit_of_measurement"] = unit
+                if single and sensor.device_class:
+                    config["device_class"] = sensor.device_class
+                if sensor.state_class:
+                    config["state_class"] = sensor.state_class
+            result[f"{prefix}/{component}/{node}/{object_id}/config"] = config
+    return result
+
+
+class Discovery:
+    """Announces the entities, again at every Home Assistant birth, and clears ghosts."""
+
+    def __init__(
+        self, runtime: ServiceRuntime, sensors: list[Sensor], prefix: str, announced: set[str]
+    ) -> None:
+        self.runtime = runtime
+        self.prefix = prefix
+        self.configs = entities(runtime, sensors, prefix)
+        # Config topics announced by an earlier run whose sensor is gone from the file.
+        self.ghosts = announced - set(self.configs)
+
+    def start(self) -> None:
+        """Announce now, and whenever Home Assistant comes online."""
+        self.runtime.bus.subscribe(f"{self.prefix}/{BIRTH_TOPIC}", self._on_birth)
+        self.announce()
+
+    def announce(self) -> None:
+        """Publish every config retained, and an empty retained config for every ghost."""
+        bus = self.runtime.bus
+        for topic in sorted(self.ghosts):
+            bus.publish(topic, b"", retain=True)  # an empty retained message deletes it
+        for topic, config in self.configs.items():
+            bus.publish(topic, json.dumps(config, separators=(",", ":")), retain=True)
+        logger.info("announced %d entities to Home Assistant", len(self.configs))
+
+    def _on_birth(self, message: Any) -> None:
+        if message.payload == b"online":
+            self.announce()

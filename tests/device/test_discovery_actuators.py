@@ -1,0 +1,163 @@
+"""Home Assistant discovery and actuators, against the real broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from edge_server import create_app
+from tests.mqtt_recorder import MqttRecorder
+
+SENSORS = """
+[sensors.temp]
+driver = "simulated"
+interval = 0.2
+unit = "°C"
+device_class = "temperature"
+
+[sensors.pump]
+driver = "gpio_out"
+interval = 0.2
+options = { pin = 27 }
+
+[sensors.door]
+driver = "gpio_in"
+interval = 0.2
+options = { pin = 17 }
+"""
+
+
+@pytest.fixture
+def mock_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """gpiozero's mock pins: the only fake, below the drivers."""
+    from gpiozero import Device
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    Device.pin_factory = None
+    yield
+    if Device.pin_factory is not None:
+        Device.pin_factory.reset()
+    Device.pin_factory = None
+
+
+def start(config: dict[str, Any], tmp_path: Path, text: str = SENSORS) -> Flask:
+    path = tmp_path / "sensors.toml"
+    path.write_text(text)
+    app = create_app(
+        {
+            **config,
+            "EDGE_SERVICES": "device-service",
+            "EDGE_SENSORS": str(path),
+            "EDGE_DEVICE_SERVICE_DISCOVERY_PREFIX": f"ha-{config['EDGE_NODE_ID']}",
+        }
+    )
+    assert app.extensions["pyedge"].bus.wait_connected(5)
+    return app
+
+
+@pytest.fixture
+def gpio_app(app_config: dict[str, Any], tmp_path: Path, mock_gpio: None) -> Iterator[Flask]:
+    app = start(app_config, tmp_path)
+    yield app
+    app.extensions["pyedge"].close()
+
+
+def test_discovery_configs_describe_every_entity(
+    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+) -> None:
+    prefix = f"ha-{node_id}"
+    recorder.subscribe(f"{prefix}/#")
+    temp = recorder.wait_for(f"{prefix}/sensor/{node_id}/temp/config").json()
+    assert temp["unique_id"] == f"pyedge_{node_id}_temp"
+    assert temp["state_topic"] == f"pyedge/{node_id}/device-service/sensors/temp"
+    assert temp["value_template"] == "{{ value_json.value }}"
+    assert (temp["unit_of_measurement"], temp["device_class"], temp["state_class"]) == (
+        "°C",
+        "temperature",
+        "measurement",
+    )
+    assert temp["device"]["identifiers"] == [f"pyedge_{node_id}"]
+    assert temp["availability_mode"] == "all"
+    assert {a["topic"] for a in temp["availability"]} == {
+        f"pyedge/{node_id}/edge-server/status",
+        f"pyedge/{node_id}/device-service/status",
+        f"pyedge/{node_id}/device-service/sensors/temp/availability",
+    }
+    pump = recorder.wait_for(f"{prefix}/switch/{node_id}/pump/config").json()
+    assert pump["command_topic"] == f"pyedge/{node_id}/device-service/actuators/pump/set"
+    assert pump["state_topic"] == f"pyedge/{node_id}/device-service/actuators/pump"
+    door = recorder.wait_for(f"{prefix}/binary_sensor/{node_id}/door_state/config").json()
+    assert door["value_template"] == "{{ 'ON' if value_json.state else 'OFF' }}"
+
+
+def test_configs_are_announced_again_when_home_assistant_is_born(
+    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+) -> None:
+    prefix = f"ha-{node_id}"
+    topic = f"{prefix}/sensor/{node_id}/temp/config"
+    recorder.subscribe(topic)
+    recorder.wait_for(topic)
+    seen = len(recorder.messages)
+    recorder.client.publish(f"{prefix}/status", b"online", qos=1).wait_for_publish(5)
+    again = recorder.wait_for(topic, after=seen)
+    assert not again.retain  # a live re-announcement, not the retained copy
+
+
+def test_a_removed_sensor_leaves_no_ghost(
+    app_config: dict[str, Any],
+    tmp_path: Path,
+    mock_gpio: None,
+    recorder: MqttRecorder,
+    node_id: str,
+) -> None:
+    first = start(app_config, tmp_path)
+    first.extensions["pyedge"].close()
+    only_temp = SENSORS.split("[sensors.pump]")[0]
+    second = start(app_config, tmp_path, only_temp)  # same data dir: it remembers
+    try:
+        prefix = f"ha-{node_id}"
+        recorder.subscribe(f"{prefix}/#")
+        recorder.wait_for(f"{prefix}/sensor/{node_id}/temp/config")
+        import time
+
+        time.sleep(0.5)  # every retained config has arrived by now
+        retained = {m.topic for m in recorder.messages if m.retain and m.payload}
+        assert retained == {f"{prefix}/sensor/{node_id}/temp/config"}
+    finally:
+        second.extensions["pyedge"].close()
+
+
+def test_an_actuator_switches_over_mqtt_and_echoes_its_state(
+    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+) -> None:
+    base = f"pyedge/{node_id}/device-service/actuators/pump"
+    recorder.subscribe(base)
+    recorder.wait_for(base, lambda m: m.payload == b"OFF")
+    recorder.client.publish(f"{base}/set", b"ON", qos=1)
+    recorder.wait_for(base, lambda m: m.payload == b"ON")
+    recorder.client.publish(f"{base}/set", json.dumps({"state": False}), qos=1)
+    recorder.wait_for(base, lambda m: m.payload == b"OFF", after=2)
+    pin = gpio_app.extensions["pyedge"].runtimes["device-service"].extras["device"]
+    assert pin.actuator_states["pump"] is False
+
+
+def test_an_actuator_switches_over_the_api(
+    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+) -> None:
+    client: FlaskClient = gpio_app.test_client()
+    base = f"pyedge/{node_id}/device-service/actuators/pump"
+    recorder.subscribe(base)
+    response = client.put("/api/device-service/actuators/pump", json={"state": True})
+    assert response.status_code == 200 and response.json["state"] is True
+    recorder.wait_for(base, lambda m: m.payload == b"ON")
+    assert client.get("/api/device-service/actuators").json == [
+        {"name": "pump", "state": True, "topic": base}
+    ]
+    assert client.put("/api/device-service/actuators/temp", json={"state": True}).status_code == 404
+    assert client.put("/api/device-service/actuators/pump", json={"state": "x"}).status_code == 422
