@@ -53,8 +53,9 @@ def entities(runtime: ServiceRuntime, sensors: list[Sensor], prefix: str) -> dic
             }
             continue
         for quantity, unit in sensor.units.items():
-            single = list(sensor.units) == ["value"]
+            single = sensor.single
             object_id = sensor.name if single else f"{sensor.name}_{quantity}"
+            key = "value" if single else quantity
             component = "binary_sensor" if quantity == "state" else "sensor"
             config: dict[str, Any] = {
                 **common,
@@ -62,9 +63,9 @@ def entities(runtime: ServiceRuntime, sensors: list[Sensor], prefix: str) -> dic
                 "unique_id": f"pyedge_{node}_{object_id}",
             }
             if component == "binary_sensor":
-                config["value_template"] = f"{{{{ 'ON' if value_json.{quantity} else 'OFF' }}}}"
+                config["value_template"] = f"{{{{ 'ON' if value_json.{key} else 'OFF' }}}}"
             else:
-                config["value_template"] = f"{{{{ value_json.{quantity} }}}}"
+                config["value_template"] = f"{{{{ value_json.{key} }}}}"
                 if unit:
                     config["unit_of_measurement"] = unit
                 if single and sensor.device_class:

@@ -60,12 +60,21 @@ class Sensor:
             units = {key: self.unit for key in units}
         return units
 
+    @property
+    def single(self) -> bool:
+        """True when the driver measures one quantity: published as value and unit."""
+        return len(self.driver.quantities) == 1
+
     def body(self, raw: Reading, ts: str) -> dict[str, Any]:
-        """The published JSON body (without seq) of a raw reading, calibrated."""
+        """The published JSON body (without seq) of a raw reading, calibrated.
+
+        One quantity: {"value", "unit", "ts"}; several: one key each, plus "units".
+        """
         values = {key: self.calibrate(value) for key, value in raw.items()}
         units = self.units
-        if list(values) == ["value"]:
-            return {"value": values["value"], "unit": units.get("value", ""), "ts": ts}
+        if self.single and len(values) == 1:
+            ((key, value),) = values.items()
+            return {"value": value, "unit": units.get(key, ""), "ts": ts}
         return {**values, "units": {k: units.get(k, "") for k in values}, "ts": ts}
 
     def calibrate(self, value: Any) -> Any:
