@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import marshmallow as ma
@@ -12,6 +14,16 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice, GPIOZeroError  # t
 from device_service.drivers.base import Actuator, Driver, DriverError, Reading
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def gpio_errors(pin: int) -> Iterator[None]:
+    """Turn gpiozero's errors into DriverError naming the pin, in one place."""
+    try:
+        yield
+    except GPIOZeroError as exc:
+        raise DriverError(f"GPIO{pin}: {exc}") from exc
+
 
 PIN = ma.fields.Integer(
     required=True,
@@ -66,15 +78,13 @@ class GpioIn(Driver):
         super().__init__(**options)
         self._edges = 0
         self._lock = threading.Lock()
-        try:
+        with gpio_errors(options["pin"]):
             self.device = DigitalInputDevice(
                 options["pin"],
                 pull_up=options["pull_up"],
                 bounce_time=options["bounce_time"],
                 pin_factory=pin_factory,
             )
-        except GPIOZeroError as exc:
-            raise DriverError(f"GPIO{options['pin']}: {exc}") from exc
         if options["mode"] == "edge":
             self.device.when_activated = self._count
             self.device.when_deactivated = self._count
@@ -86,10 +96,8 @@ class GpioIn(Driver):
 
     def read(self) -> Reading:
         """The pin's state now, and in edge mode the edges counted so far."""
-        try:
+        with gpio_errors(self.options["pin"]):
             reading: Reading = {"state": bool(self.device.is_active)}
-        except GPIOZeroError as exc:
-            raise DriverError(f"GPIO{self.options['pin']}: {exc}") from exc
         if self.options["mode"] == "edge":
             with self._lock:
                 reading["edges"] = self._edges
@@ -109,29 +117,23 @@ class GpioOut(Actuator):
 
     def __init__(self, *, pin_factory: Any = None, **options: Any) -> None:
         super().__init__(**options)
-        try:
+        with gpio_errors(options["pin"]):
             self.device = DigitalOutputDevice(
                 options["pin"],
                 active_high=options["active_high"],
                 initial_value=options["initial"],
                 pin_factory=pin_factory,
             )
-        except GPIOZeroError as exc:
-            raise DriverError(f"GPIO{options['pin']}: {exc}") from exc
 
     def read(self) -> Reading:
         """Whether the output is on."""
-        try:
+        with gpio_errors(self.options["pin"]):
             return {"state": bool(self.device.is_active)}
-        except GPIOZeroError as exc:
-            raise DriverError(f"GPIO{self.options['pin']}: {exc}") from exc
 
     def write(self, state: bool) -> Reading:
         """Switch on (True) or off and return the state read back."""
-        try:
+        with gpio_errors(self.options["pin"]):
             self.device.value = bool(state)
-        except GPIOZeroError as exc:
-            raise DriverError(f"GPIO{self.options['pin']}: {exc}") from exc
         logger.debug("GPIO%s switched %s", self.options["pin"], "on" if state else "off")
         return self.read()
 
