@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import Any
 
-from bench import api, bus, memory
+from bench import api, bus, device, memory
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
-    results = [api.run(scale), bus.run(scale), memory.run()]
+    results: list[dict[str, Any]] = []
+    for result in (api.run(scale), bus.run(scale), memory.run(), device.run(scale)):
+        # A benchmark returns one result or a list of them.
+        results.extend(result if isinstance(result, list) else [result])
     if args.json:
         print(json.dumps(results, indent=2))  # noqa: T201  (the CLI's output)
         return
