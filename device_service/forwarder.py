@@ -11,7 +11,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_service.outbox import Outbox, OutboxError
+from device_service.outbox import Outbox
 from pyedge import Bus
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ IDLE_WAIT_S = 0.5
 # (duplicates are QoS 1 redeliveries; losing the window would be worse).
 STALL_S = 30.0
 PACE_SLACK_S = 0.01
+# Acknowledged rows are deleted together: this many, or this often, or when idle.
+ACK_BATCH = 500
+ACK_FLUSH_S = 0.05
 
 
 class Forwarder:
@@ -44,6 +47,8 @@ class Forwarder:
         self._stop = threading.Event()
         self._last_progress = time.monotonic()
         self._next_send = 0.0
+        self._acked: list[int] = []
+        self._last_flush = time.monotonic()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
         bus.on_ack(self._on_ack)
@@ -95,29 +100,43 @@ class Forwarder:
                 self._collect_acks()
                 self._publish_window()
                 self.error = None
-            except OutboxError as exc:
-                self.error = str(exc)
-                logger.error("forwarder: %s", exc)
+            except Exception as exc:
+                # This thread must outlive any error: if it died, delivery would stop
+                # silently. The error degrades the service until a pass succeeds.
+                self.error = f"{type(exc).__name__}: {exc}"
+                logger.exception("forwarder")
             self._wake.wait(IDLE_WAIT_S)
             self._wake.clear()
         self._collect_acks()
+        if self._acked:
+            self._flush_acks()
 
     def _collect_acks(self) -> None:
+        now = time.monotonic()
         done = [row_id for row_id, info in self._pending.items() if info.is_published()]
         if done:
-            self.outbox.ack(done)
+            # The window slot is free at once; the rows are deleted in batches.
             for row_id in done:
                 del self._pending[row_id]
-            self._last_progress = time.monotonic()
-        elif (
-            self._pending
-            and self.bus.connected
-            and time.monotonic() - self._last_progress > STALL_S
-        ):
+            self._acked.extend(done)
+            self._last_progress = now
+        elif self._pending and self.bus.connected and now - self._last_progress > STALL_S:
             logger.warning("forwarder: no PUBACK for %.0f s; publishing again", STALL_S)
+            self._flush_acks()
             self._pending.clear()
             self._cursor = 0
-            self._last_progress = time.monotonic()
+            self._last_progress = now
+        if self._acked and (
+            not self._pending
+            or len(self._acked) >= ACK_BATCH
+            or now - self._last_flush >= ACK_FLUSH_S
+        ):
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        self.outbox.ack(self._acked)
+        self._acked = []
+        self._last_flush = time.monotonic()
 
     def _publish_window(self) -> None:
         room = self.inflight - len(self._pending)

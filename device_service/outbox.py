@@ -88,6 +88,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed reading survives a power cut too, not only a crash (a Pi's
         # usual way to stop); commits are batched per sampling tick to pay for it.
+        self.synchronous = synchronous
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(SCHEMA)
         self._depth = self._scalar("SELECT COUNT(*) FROM outbox")
@@ -131,11 +132,15 @@ class Outbox:
         return [Row(row_id, topic, bytes(payload)) for row_id, topic, payload in rows]
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Remove rows the broker has acknowledged, and count them as drained."""
+        """Remove rows the broker has acknowledged, and count them as drained.
+
+        This commit skips the disk flush: losing it in a power cut only sends those
+        readings again (a QoS 1 duplicate, which the contract allows), never loses one.
+        """
         ids = list(ids)
         if not ids:
             return
-        with self._lock, self._transaction():
+        with self._lock, self._transaction(durable=False):
             removed = 0
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
@@ -241,21 +246,28 @@ class Outbox:
     def _scalar(self, sql: str) -> Any:
         return self._db.execute(sql).fetchone()[0]
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, durable: bool = True) -> _Transaction:
+        return _Transaction(self._db, None if durable else "NORMAL", self.synchronous)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error; optionally without the flush."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, relaxed: str | None, usual: str) -> None:
         self._db = db
+        self._relaxed = relaxed
+        self._usual = usual
 
     def __enter__(self) -> None:
+        if self._relaxed:
+            # The level can change only between transactions; it applies to the next one.
+            self._db.execute(f"PRAGMA synchronous={self._relaxed}")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if self._relaxed:
+            self._db.execute(f"PRAGMA synchronous={self._usual}")
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
