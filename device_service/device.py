@@ -56,6 +56,7 @@ class Device:
         self.store_error: str | None = None
         # One reader per sensor at a time: the sampling loop and the `read` Task share them.
         self._locks = {name: threading.Lock() for name in self.sensors}
+        self._availability_lock = threading.Lock()
         self.actuators = {
             name: sensor
             for name, sensor in self.sensors.items()
@@ -98,11 +99,12 @@ class Device:
         try:
             with self._locks[name]:
                 reading = driver.write(state)
+                new_state = bool(reading.get("state", state))
+                # Echoed under the same lock: the retained state is the pin's last one.
+                self._echo(name, new_state)
         except (DriverError, OSError) as exc:
             self._set_available(name, False, f"{type(exc).__name__}: {exc}")
             raise ActuatorError(f"{name}: {exc}") from exc
-        new_state = bool(reading.get("state", state))
-        self._echo(name, new_state)
         return new_state
 
     def _echo(self, name: str, state: bool | None = None) -> None:
@@ -143,7 +145,7 @@ class Device:
         try:
             with self._locks[sensor.name]:
                 raw = sensor.driver.read()
-        except (DriverError, OSError, ValueError) as exc:
+        except Exception as exc:  # a plugin may raise anything: only its sensor suffers
             self._set_available(sensor.name, False, f"{type(exc).__name__}: {exc}")
             return None
         self._set_available(sensor.name, True)
@@ -156,8 +158,12 @@ class Device:
             raw = self.read(sensor)
             if raw is None:
                 continue
-            # Timestamped at sampling time, not at publishing time.
-            body = sensor.body(raw, utc_now())
+            try:
+                # Timestamped at sampling time, not at publishing time.
+                body = sensor.body(raw, utc_now())
+            except ValueError as exc:  # e.g. a calibration that overflows
+                self._set_available(sensor.name, False, str(exc))
+                continue
             batch.append(StoredReading(sensor.name, self.topic(sensor.name), body, time.time()))
         if not batch:
             return 0
@@ -172,6 +178,15 @@ class Device:
             self.last[reading.sensor] = {**reading.body, "seq": seq}
         self.forwarder.wake()
         return len(batch)
+
+    def trim(self, history_retention: float) -> None:
+        """Drop history past its retention and outbox rows past their maximum age."""
+        try:
+            self.outbox.purge_history(time.time() - history_retention)
+            self.outbox.expire()
+        except OutboxError as exc:  # a full disk must not stop the sampling
+            self.store_error = str(exc)
+            logger.error("%s", exc)
 
     def health(self) -> str:
         """A one-line account; raises when readings are being lost or sensors are down."""
@@ -193,25 +208,33 @@ class Device:
         return f"{len(self.sensors)} sensors; outbox depth {stats['depth']}"
 
     def _set_available(self, name: str, ok: bool, error: str = "") -> None:
-        if ok:
-            self.errors.pop(name, None)
-        else:
-            self.errors[name] = error
-        if self.available[name] is ok:
-            return
-        self.available[name] = ok
-        if not ok:
-            logger.warning("sensor %s unavailable: %s", name, error)
-        self.runtime.bus.publish(
-            self.topic(name, "availability"), ONLINE if ok else OFFLINE, retain=True
-        )
+        # One lock for the change and its announcement: the sampling loop, the read Task,
+        # the API and the MQTT thread all get here, and the retained state must be the last.
+        with self._availability_lock:
+            if ok:
+                self.errors.pop(name, None)
+            else:
+                self.errors[name] = error
+            if self.available[name] is ok:
+                return
+            self.available[name] = ok
+            if not ok:
+                logger.warning("sensor %s unavailable: %s", name, error)
+            self.runtime.bus.publish(
+                self.topic(name, "availability"), ONLINE if ok else OFFLINE, retain=True
+            )
 
     def _publish_availability(self) -> None:
-        for name, ok in list(self.available.items()):
-            if ok is not None:
-                self.runtime.bus.publish(
-                    self.topic(name, "availability"), ONLINE if ok else OFFLINE, retain=True
-                )
+        with self._availability_lock:
+            for name, ok in self.available.items():
+                if ok is not None:
+                    self.runtime.bus.publish(
+                        self.topic(name, "availability"), ONLINE if ok else OFFLINE, retain=True
+                    )
+
+    def replace(self, name: str, sensor: Sensor) -> None:
+        """Swap in a changed sensor at once, so no reading mixes old and new settings."""
+        self.sensors[name] = sensor
 
 
 def parse_switch(payload: bytes) -> bool:

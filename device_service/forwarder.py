@@ -26,6 +26,8 @@ PACE_SLACK_S = 0.01
 # Acknowledged rows are deleted together: this many, or this often, or when idle.
 ACK_BATCH = 500
 ACK_FLUSH_S = 0.05
+# A reading the broker refused is sent again after this pause.
+RETRY_S = 5.0
 
 
 class Forwarder:
@@ -49,6 +51,11 @@ class Forwarder:
         self._next_send = 0.0
         self._acked: list[int] = []
         self._last_flush = time.monotonic()
+        self._refused: dict[int, str] = {}
+        self._retry_from: int | None = None
+        self._retry_at = 0.0
+        self._hold = False
+        self.refusal: str | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None
         bus.on_ack(self._on_ack)
@@ -87,11 +94,18 @@ class Forwarder:
         return len(self._pending)
 
     def _on_ack(self, mid: int, reason_code: ReasonCode) -> None:
+        # paho marks a message published whatever the PUBACK's reason code: remember the
+        # refusals (not authorized, quota exceeded) so their rows are kept, not deleted.
+        if reason_code.is_failure:
+            self._refused[mid] = str(reason_code)
         self._wake.set()
 
     def _on_connect(self) -> None:
-        # Time spent disconnected is no stall: paho re-sends the window now.
+        # Time spent disconnected is no stall. paho re-sends the unacknowledged window
+        # once the connect callbacks return; newer rows wait until it is acknowledged,
+        # or they could overtake it.
         self._last_progress = time.monotonic()
+        self._hold = bool(self._pending)
         self._wake.set()
 
     def _run(self) -> None:
@@ -99,7 +113,7 @@ class Forwarder:
             try:
                 self._collect_acks()
                 self._publish_window()
-                self.error = None
+                self.error = self.refusal
             except Exception as exc:
                 # This thread must outlive any error: if it died, delivery would stop
                 # silently. The error degrades the service until a pass succeeds.
@@ -113,19 +127,24 @@ class Forwarder:
 
     def _collect_acks(self) -> None:
         now = time.monotonic()
-        done = [row_id for row_id, info in self._pending.items() if info.is_published()]
-        if done:
+        done = [(row_id, info) for row_id, info in self._pending.items() if info.is_published()]
+        for row_id, info in done:
             # The window slot is free at once; the rows are deleted in batches.
-            for row_id in done:
-                del self._pending[row_id]
-            self._acked.extend(done)
+            del self._pending[row_id]
+            reason = self._refused.pop(info.mid, None)
+            if reason is None:
+                self._acked.append(row_id)
+            else:
+                self._refuse(row_id, reason)
+        if done:
             self._last_progress = now
         elif self._pending and self.bus.connected and now - self._last_progress > STALL_S:
             logger.warning("forwarder: no PUBACK for %.0f s; publishing again", STALL_S)
-            self._flush_acks()
             self._pending.clear()
-            self._cursor = 0
+            self._retry_from = 1
             self._last_progress = now
+        if not self._pending:
+            self._hold = False
         if self._acked and (
             not self._pending
             or len(self._acked) >= ACK_BATCH
@@ -133,14 +152,32 @@ class Forwarder:
         ):
             self._flush_acks()
 
+    def _refuse(self, row_id: int, reason: str) -> None:
+        # The row stays in the outbox and is sent again, with what followed it, once the
+        # window has drained and a pause has passed; the service is degraded meanwhile.
+        self.refusal = f"the broker refused a reading: {reason}"
+        logger.error("forwarder: %s; retrying in %.0f s", self.refusal, RETRY_S)
+        first = row_id if self._retry_from is None else min(self._retry_from, row_id)
+        self._retry_from = first
+        self._retry_at = time.monotonic() + RETRY_S
+
     def _flush_acks(self) -> None:
         self.outbox.ack(self._acked)
         self._acked = []
         self._last_flush = time.monotonic()
 
     def _publish_window(self) -> None:
+        if self._hold or not self.bus.connected:
+            return
+        if self._retry_from is not None:
+            if self._pending or time.monotonic() < self._retry_at:
+                return
+            self._flush_acks()  # so that the rows sent again are only the unacknowledged
+            self._cursor = self._retry_from - 1
+            self._retry_from = None
+            self.refusal = None
         room = self.inflight - len(self._pending)
-        if room <= 0 or not self.bus.connected:
+        if room <= 0:
             return
         for row in self.outbox.peek(room, self._cursor):
             if self._stop.is_set() or not self.bus.connected:

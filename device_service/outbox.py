@@ -12,8 +12,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,31 +102,27 @@ class Outbox:
         of this batch is stored and no seq is used up.
         """
         seqs: list[int] = []
-        try:
-            with self._lock, self._transaction():
-                for reading in readings:
-                    seq = self._next_seq(reading.sensor)
-                    body = {**reading.body, "seq": seq}
-                    payload = json.dumps(body, separators=(",", ":")).encode()
-                    if self._make_room():
-                        self._db.execute(
-                            "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
-                            (reading.topic, payload, reading.epoch),
-                        )
-                        self._depth += 1
+        with self._session(write=True):
+            for reading in readings:
+                seq = self._next_seq(reading.sensor)
+                body = {**reading.body, "seq": seq}
+                payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+                if self._make_room():
                     self._db.execute(
-                        "INSERT INTO history (sensor, ts, body) VALUES (?, ?, ?)",
-                        (reading.sensor, reading.epoch, payload.decode()),
+                        "INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                        (reading.topic, payload, reading.epoch),
                     )
-                    seqs.append(seq)
-        except sqlite3.Error as exc:
-            self._depth = self._scalar("SELECT COUNT(*) FROM outbox")
-            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+                    self._depth += 1
+                self._db.execute(
+                    "INSERT INTO history (sensor, ts, body) VALUES (?, ?, ?)",
+                    (reading.sensor, reading.epoch, payload.decode()),
+                )
+                seqs.append(seq)
         return seqs
 
     def peek(self, limit: int, after_id: int) -> list[Row]:
         """Up to `limit` rows after `after_id`, oldest first."""
-        with self._lock:
+        with self._session():
             rows = self._db.execute(
                 "SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
@@ -140,7 +138,7 @@ class Outbox:
         ids = list(ids)
         if not ids:
             return
-        with self._lock, self._transaction(durable=False):
+        with self._session(write=True, durable=False):
             removed = 0
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
@@ -152,7 +150,7 @@ class Outbox:
 
     def expire(self) -> int:
         """Drop readings older than max_age (counted); returns how many."""
-        with self._lock, self._transaction():
+        with self._session(write=True):
             removed = self._db.execute(
                 "DELETE FROM outbox WHERE created < ?", (self._clock() - self.max_age,)
             ).rowcount
@@ -164,7 +162,7 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         """Depth, age of the oldest reading, and the drained and dropped counts."""
-        with self._lock:
+        with self._session():
             oldest = self._scalar("SELECT MIN(created) FROM outbox")
             counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             return {
@@ -177,20 +175,46 @@ class Outbox:
             }
 
     def history(
-        self, sensor: str, since: float, until: float, limit: int
-    ) -> list[tuple[float, dict[str, Any]]]:
-        """A sensor's readings in [since, until], oldest first, at most `limit` of them."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ts, body FROM history WHERE sensor = ? AND ts BETWEEN ? AND ? "
-                "ORDER BY ts LIMIT ?",
-                (sensor, since, until, limit),
+        self, sensor: str, since: float, until: float, limit: int, keys: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A sensor's readings in [since, until], oldest first, as at most `limit` points.
+
+        When there are more, SQLite averages each quantity in `limit` equal time buckets
+        (a boolean averages to the fraction of readings that were true); returns the
+        points and whether they were downsampled.
+        """
+        where = "FROM history WHERE sensor = ? AND ts BETWEEN ? AND ?"
+        with self._session():
+            count = self._db.execute(f"SELECT COUNT(*) {where}", (sensor, since, until))
+            if count.fetchone()[0] <= limit:
+                rows = self._db.execute(
+                    f"SELECT body {where} ORDER BY ts", (sensor, since, until)
+                ).fetchall()
+                return [_point(json.loads(body), keys) for (body,) in rows], False
+            width = (until - since) / limit
+            averages = ", ".join(f"AVG(json_extract(body, '$.{_key(k)}'))" for k in keys)
+            buckets = self._db.execute(
+                f"SELECT CAST((ts - ?) / ? AS INTEGER) AS bucket, COUNT(*), {averages} "
+                f"{where} GROUP BY bucket ORDER BY bucket",
+                (since, width, sensor, since, until),
             ).fetchall()
-        return [(ts, json.loads(body)) for ts, body in rows]
+        points = []
+        for bucket, count_, *values in buckets:
+            start = datetime.fromtimestamp(since + bucket * width, UTC)
+            points.append(
+                {
+                    "ts": start.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "values": {
+                        k: round(v, 6) for k, v in zip(keys, values, strict=True) if v is not None
+                    },
+                    "count": count_,
+                }
+            )
+        return points, True
 
     def purge_history(self, older_than: float) -> int:
         """Delete history before the epoch `older_than`; returns how many rows."""
-        with self._lock, self._transaction():
+        with self._session(write=True):
             removed: int = self._db.execute(
                 "DELETE FROM history WHERE ts < ?", (older_than,)
             ).rowcount
@@ -198,13 +222,13 @@ class Outbox:
 
     def get_state(self, key: str, default: Any = None) -> Any:
         """A small JSON value the service keeps across runs (e.g. what it announced)."""
-        with self._lock:
+        with self._session():
             row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def set_state(self, key: str, value: Any) -> None:
         """Store a small JSON value for the next run."""
-        with self._lock:
+        with self._session():
             self._db.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -213,7 +237,7 @@ class Outbox:
 
     def close(self) -> None:
         """Close the database (after the last write)."""
-        with self._lock:
+        with self._session():
             self._db.close()
 
     def _next_seq(self, sensor: str) -> int:
@@ -246,28 +270,43 @@ class Outbox:
     def _scalar(self, sql: str) -> Any:
         return self._db.execute(sql).fetchone()[0]
 
-    def _transaction(self, durable: bool = True) -> _Transaction:
-        return _Transaction(self._db, None if durable else "NORMAL", self.synchronous)
+    @contextmanager
+    def _session(self, write: bool = False, durable: bool = True) -> Iterator[None]:
+        """The lock; for a write, a transaction; any SQLite error becomes an OutboxError.
+
+        `durable=False` commits without the disk flush. The usual level is restored
+        whatever happens, or every later write would silently lose its flush.
+        """
+        with self._lock:
+            relaxed = write and not durable
+            try:
+                if relaxed:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                if write:
+                    self._db.execute("BEGIN IMMEDIATE")
+                yield
+                if write:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    self._depth = self._scalar("SELECT COUNT(*) FROM outbox")
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            finally:
+                if relaxed:
+                    self._db.execute(f"PRAGMA synchronous={self.synchronous}")
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error; optionally without the flush."""
+def _point(body: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {"ts": body["ts"], "values": {k: body[k] for k in keys if k in body}, "count": 1}
 
-    def __init__(self, db: sqlite3.Connection, relaxed: str | None, usual: str) -> None:
-        self._db = db
-        self._relaxed = relaxed
-        self._usual = usual
 
-    def __enter__(self) -> None:
-        if self._relaxed:
-            # The level can change only between transactions; it applies to the next one.
-            self._db.execute(f"PRAGMA synchronous={self._relaxed}")
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-        if self._relaxed:
-            self._db.execute(f"PRAGMA synchronous={self._usual}")
+def _key(name: str) -> str:
+    # Quantity names come from drivers; keep them to what a JSON path may hold unquoted.
+    if not name.replace("_", "").isalnum():
+        raise OutboxError(f"quantity name {name!r} cannot be averaged")
+    return name
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -66,9 +66,9 @@ class SensorPatchSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    interval = ma.fields.Float(validate=ma.validate.Range(min=0.01))
-    offset = ma.fields.Float()
-    scale = ma.fields.Float()
+    interval = ma.fields.Float(validate=ma.validate.Range(0.01, 7 * 24 * 3600.0))
+    offset = ma.fields.Float(validate=ma.validate.Range(-1e9, 1e9))
+    scale = ma.fields.Float(validate=ma.validate.Range(-1e9, 1e9))
 
 
 class HistoryArgs(ma.Schema):

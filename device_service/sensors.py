@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from device_service.drivers.base import Driver, Reading
 from pyedge import ConfigError
 
 SENSOR_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_INTERVAL = 7 * 24 * 3600.0
 
 
 class SensorSchema(ma.Schema):
@@ -24,7 +26,7 @@ class SensorSchema(ma.Schema):
         unknown = ma.RAISE
 
     driver = ma.fields.String(required=True)
-    interval = ma.fields.Float(load_default=10.0, validate=ma.validate.Range(min=0.01))
+    interval = ma.fields.Float(load_default=10.0, validate=ma.validate.Range(0.01, MAX_INTERVAL))
     unit = ma.fields.String(load_default=None, allow_none=True)
     device_class = ma.fields.String(load_default=None, allow_none=True)
     state_class = ma.fields.String(
@@ -32,8 +34,8 @@ class SensorSchema(ma.Schema):
         allow_none=True,
         validate=ma.validate.OneOf(["measurement", "total", "total_increasing"]),
     )
-    offset = ma.fields.Float(load_default=0.0)
-    scale = ma.fields.Float(load_default=1.0)
+    offset = ma.fields.Float(load_default=0.0, validate=ma.validate.Range(-1e9, 1e9))
+    scale = ma.fields.Float(load_default=1.0, validate=ma.validate.Range(-1e9, 1e9))
     options = ma.fields.Dict(keys=ma.fields.String(), load_default=dict)
 
 
@@ -81,9 +83,12 @@ class Sensor:
         """value * scale + offset, for numbers (booleans and text pass unchanged)."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             return value
-        if self.scale == 1.0 and self.offset == 0.0:
-            return value
-        return round(value * self.scale + self.offset, 6)
+        result = (
+            value if self.scale == 1.0 and self.offset == 0.0 else value * self.scale + self.offset
+        )
+        if not math.isfinite(result):
+            raise ValueError(f"{value!r} * {self.scale} + {self.offset} is not a finite number")
+        return result if result is value else round(result, 6)
 
 
 DEFAULT_SENSORS: dict[str, dict[str, dict[str, Any]]] = {

@@ -54,16 +54,17 @@ def acquire(session: Session, params: dict[str, Any]) -> str:
     stored = 0
     while True:
         now = time.monotonic()
+        for name, sensor in device.sensors.items():
+            # An interval PATCHed shorter takes effect now, not at the old due time.
+            due[name] = min(due[name], now + sensor.interval)
         ready = [device.sensors[name] for name, at in due.items() if at <= now]
         for sensor in ready:
             # Keep the cadence, but after a stall start afresh rather than catch up.
             due[sensor.name] = max(due[sensor.name] + sensor.interval, now)
         stored += device.sample(ready)
         if now >= next_purge:
-            retention = session.context.settings["history_retention"] * 3600
-            device.outbox.purge_history(time.time() - retention)
-            device.outbox.expire()
             next_purge = now + PURGE_EVERY_S
+            device.trim(session.context.settings["history_retention"] * 3600)
         session.update(readings=stored)
         if not session.sleep(max(0.0, min(due.values()) - time.monotonic())):
             return f"stopped after {stored} readings"

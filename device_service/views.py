@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
@@ -10,7 +11,6 @@ from flask.views import MethodView
 from flask_smorest import abort
 
 from device_service.device import ActuatorError, Device
-from device_service.history import downsample
 from device_service.schemas import (
     ActuatorSchema,
     ActuatorStateSchema,
@@ -24,8 +24,6 @@ from device_service.sensors import Sensor
 from device_service.service import DEVICE, service
 
 blp = service.blueprint
-# The history read for one request at most; a longer range is downsampled from this many.
-MAX_HISTORY_ROWS = 200_000
 
 
 def current_device() -> Device:
@@ -85,10 +83,9 @@ class SensorResource(MethodView):
     def patch(self, changes: dict[str, Any], name: str) -> dict[str, Any]:
         """Change a sensor's interval or calibration until the next restart."""
         device = current_device()
-        sensor = find_sensor(device, name)
-        for key, value in changes.items():
-            setattr(sensor, key, value)
-        return describe(device, sensor)
+        changed = dataclasses.replace(find_sensor(device, name), **changes)
+        device.replace(name, changed)
+        return describe(device, changed)
 
 
 @blp.route("/sensors/<name>/history")
@@ -98,13 +95,17 @@ class SensorHistory(MethodView):
     def get(self, args: dict[str, Any], name: str) -> dict[str, Any]:
         """A sensor's readings over time, averaged into at most `limit` points."""
         device = current_device()
-        find_sensor(device, name)
         until = args["until"] or datetime.now(UTC)
-        since = args["since"] or until - timedelta(hours=1)
+        try:
+            since = args["since"] or until - timedelta(hours=1)
+            window = (since.timestamp(), until.timestamp())
+        except (OverflowError, ValueError, OSError):
+            abort(HTTPStatus.UNPROCESSABLE_ENTITY, message="since/until out of range")
         if since > until:
             abort(HTTPStatus.UNPROCESSABLE_ENTITY, message="since is after until")
-        rows = device.outbox.history(name, since.timestamp(), until.timestamp(), MAX_HISTORY_ROWS)
-        points, downsampled = downsample(rows, since.timestamp(), until.timestamp(), args["limit"])
+        sensor = find_sensor(device, name)
+        keys = ["value"] if sensor.single else list(sensor.units)
+        points, downsampled = device.outbox.history(name, *window, args["limit"], keys)
         return {
             "sensor": name,
             "since": since.isoformat(),

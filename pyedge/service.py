@@ -260,8 +260,13 @@ class ServiceRuntime:
                 logger.exception("stop hook of %s failed", self.slug)
 
     def publish_session(self, snapshot: dict[str, Any]) -> None:
-        """Publish a session snapshot, retained, so late subscribers see the current state."""
-        self.bus.publish_json(self.topic("ops", snapshot["op"]), snapshot, retain=True)
+        """Publish a session snapshot, retained, so late subscribers see the current state.
+
+        Not while disconnected: paho would queue every progress update of a long outage,
+        and the current sessions are published again on reconnect anyway.
+        """
+        if self.bus.connected:
+            self.bus.publish_json(self.topic("ops", snapshot["op"]), snapshot, retain=True)
 
     def publish_all_sessions(self) -> None:
         """Publish every session (after a reconnect the broker's copy may be stale)."""

@@ -20,7 +20,7 @@ class Clock:
 
 
 def readings(count: int, sensor: str = "temp", epoch: float = 1_000_000.0) -> list[Reading]:
-    return [Reading(sensor, f"t/{sensor}", {"value": i}, epoch) for i in range(count)]
+    return [Reading(sensor, f"t/{sensor}", {"value": i, "ts": "x"}, epoch) for i in range(count)]
 
 
 def open_outbox(path: Path, **kwargs: object) -> Outbox:
@@ -43,9 +43,9 @@ def test_rows_leave_only_when_acknowledged_oldest_first(tmp_path: Path) -> None:
     outbox.append(readings(5))
     rows = outbox.peek(3, after_id=0)
     assert [r.payload for r in rows] == [
-        b'{"value":0,"seq":1}',
-        b'{"value":1,"seq":2}',
-        b'{"value":2,"seq":3}',
+        b'{"value":0,"ts":"x","seq":1}',
+        b'{"value":1,"ts":"x","seq":2}',
+        b'{"value":2,"ts":"x","seq":3}',
     ]
     assert [r.id for r in outbox.peek(10, after_id=rows[-1].id)] == [4, 5]
     outbox.ack([r.id for r in rows])
@@ -85,9 +85,21 @@ def test_readings_older_than_max_age_expire_and_are_counted(tmp_path: Path) -> N
 def test_history_keeps_readings_until_purged(tmp_path: Path) -> None:
     outbox = open_outbox(tmp_path)
     outbox.append(readings(3, epoch=100.0) + readings(2, epoch=200.0))
-    assert [body["seq"] for _, body in outbox.history("temp", 0, 1e9, 10)] == [1, 2, 3, 4, 5]
+    points, downsampled = outbox.history("temp", 0, 1e9, 10, ["value"])
+    assert [p["values"]["value"] for p in points] == [0, 1, 2, 0, 1] and not downsampled
     assert outbox.purge_history(older_than=150.0) == 3
-    assert len(outbox.history("temp", 0, 1e9, 10)) == 2
+    assert len(outbox.history("temp", 0, 1e9, 10, ["value"])[0]) == 2
+
+
+def test_a_long_history_is_averaged_over_all_of_it(tmp_path: Path) -> None:
+    outbox = open_outbox(tmp_path)
+    rows = [Reading("temp", "t/temp", {"value": float(i % 10), "ts": "x"}, 1000.0 + i)
+            for i in range(1000)]  # fmt: skip
+    outbox.append(rows)
+    points, downsampled = outbox.history("temp", 1000.0, 2000.0, 10, ["value"])
+    assert downsampled and len(points) == 10
+    assert sum(p["count"] for p in points) == 1000  # every reading, not only the oldest
+    assert all(p["values"]["value"] == 4.5 for p in points)
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_new"])
