@@ -64,14 +64,14 @@ class Device:
         }
         # Each actuator's state as last switched or read, echoed retained on MQTT.
         self.actuator_states: dict[str, bool] = {}
-        self.discovery: Discovery | None = None
-        if settings["discovery"]:
-            self.discovery = Discovery(
-                runtime,
-                list(self.sensors.values()),
-                settings["discovery_prefix"],
-                set(self.outbox.get_state(ANNOUNCED, [])),
-            )
+        # With discovery off it still runs, with no entities: what an earlier run
+        # announced is cleared, so that Home Assistant keeps no ghosts.
+        self.discovery = Discovery(
+            runtime,
+            list(self.sensors.values()) if settings["discovery"] else [],
+            settings["discovery_prefix"],
+            set(self.outbox.get_state(ANNOUNCED, [])),
+        )
         runtime.bus.on_connect(self._on_connect)
 
     def topic(self, sensor: str, *parts: str) -> str:
@@ -83,9 +83,8 @@ class Device:
         self.forwarder.start()
         bus = self.runtime.bus
         bus.subscribe(self.runtime.topic("actuators", "+", "set"), self._on_set)
-        if self.discovery is not None:
-            self.discovery.start()
-            self.outbox.set_state(ANNOUNCED, sorted(self.discovery.configs))
+        self.discovery.start()
+        self.outbox.set_state(ANNOUNCED, self.discovery.remembered())
         for name in self.actuators:
             self._echo(name)
 
@@ -127,12 +126,12 @@ class Device:
 
     def _on_connect(self) -> None:
         self._publish_availability()
-        if self.discovery is not None:
-            self.discovery.announce()
+        self.discovery.announce()
 
     def close(self) -> None:
         """Stop forwarding, release the drivers and close the outbox."""
         self.forwarder.stop()
+        self.outbox.set_state(ANNOUNCED, self.discovery.remembered())
         for sensor in self.sensors.values():
             try:
                 sensor.driver.close()

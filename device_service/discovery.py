@@ -16,6 +16,17 @@ BIRTH_TOPIC = "status"  # under the discovery prefix: Home Assistant says `onlin
 ON, OFF = "ON", "OFF"
 
 
+class _Never:
+    """An info for a clearing never sent."""
+
+    @staticmethod
+    def is_published() -> bool:
+        return False
+
+
+_NEVER = _Never()
+
+
 def entities(runtime: ServiceRuntime, sensors: list[Sensor], prefix: str) -> dict[str, Any]:
     """Every discovery config topic and its payload, for the sensors and actuators."""
     node = runtime.node
@@ -85,8 +96,10 @@ class Discovery:
         self.runtime = runtime
         self.prefix = prefix
         self.configs = entities(runtime, sensors, prefix)
-        # Config topics announced by an earlier run whose sensor is gone from the file.
+        # Config topics announced by an earlier run whose sensor is gone from the file
+        # (all of them when discovery was turned off); cleared at every announcement.
         self.ghosts = announced - set(self.configs)
+        self._clearing: dict[str, Any] = {}
 
     def start(self) -> None:
         """Announce now, and whenever Home Assistant comes online."""
@@ -97,10 +110,16 @@ class Discovery:
         """Publish every config retained, and an empty retained config for every ghost."""
         bus = self.runtime.bus
         for topic in sorted(self.ghosts):
-            bus.publish(topic, b"", retain=True)  # an empty retained message deletes it
+            # An empty retained message deletes it; its info tells when the broker has it.
+            self._clearing[topic] = bus.publish(topic, b"", retain=True)
         for topic, config in self.configs.items():
             bus.publish(topic, json.dumps(config, separators=(",", ":")), retain=True)
         logger.info("announced %d entities to Home Assistant", len(self.configs))
+
+    def remembered(self) -> list[str]:
+        """What to remember as announced: the configs, and the ghosts not yet cleared."""
+        uncleared = {t for t in self.ghosts if not self._clearing.get(t, _NEVER).is_published()}
+        return sorted(set(self.configs) | uncleared)
 
     def _on_birth(self, message: Any) -> None:
         if message.payload == b"online":

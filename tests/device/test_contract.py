@@ -84,3 +84,19 @@ def test_read_task_returns_values_now(device_client: FlaskClient) -> None:
     device_client.post("/api/device-service/ops/read/start", json={"sensors": ["nope"]})
     failed = device_client.post("/api/device-service/ops/read/wait?timeout=5").json
     assert failed["success"] is False and "no sensor nope" in failed["messages"][-1]["text"]
+
+
+def test_bad_history_and_patch_input_is_422(device_client: FlaskClient) -> None:
+    base = "/api/device-service/sensors/temp"
+    queries = [
+        "until=0001-01-01T00:00:00Z",
+        "since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z",
+        "limit=0",
+        "since=yesterday",
+    ]
+    for query in queries:
+        response = device_client.get(f"{base}/history?{query}")
+        assert response.status_code == 422, query
+        assert response.json["code"] == 422
+    for body in ({"interval": 1e308}, {"scale": 1e308}, {"offset": "x"}, {"interval": 0}):
+        assert device_client.patch(base, json=body).status_code == 422, body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,6 @@ def test_a_removed_sensor_leaves_no_ghost(
         prefix = f"ha-{node_id}"
         recorder.subscribe(f"{prefix}/#")
         recorder.wait_for(f"{prefix}/sensor/{node_id}/temp/config")
-        import time
-
         time.sleep(0.5)  # every retained config has arrived by now
         retained = {m.topic for m in recorder.messages if m.retain and m.payload}
         assert retained == {f"{prefix}/sensor/{node_id}/temp/config"}
@@ -161,3 +160,23 @@ def test_an_actuator_switches_over_the_api(
     ]
     assert client.put("/api/device-service/actuators/temp", json={"state": True}).status_code == 404
     assert client.put("/api/device-service/actuators/pump", json={"state": "x"}).status_code == 422
+
+
+def test_turning_discovery_off_clears_what_was_announced(
+    app_config: dict[str, Any],
+    tmp_path: Path,
+    mock_gpio: None,
+    recorder: MqttRecorder,
+    node_id: str,
+) -> None:
+    first = start(app_config, tmp_path)
+    first.extensions["pyedge"].close()
+    second = start({**app_config, "EDGE_DEVICE_SERVICE_DISCOVERY": False}, tmp_path)
+    try:
+        prefix = f"ha-{node_id}"
+        time.sleep(0.5)  # the clearing messages are out
+        recorder.subscribe(f"{prefix}/#")
+        time.sleep(0.5)  # every retained config left would have arrived by now
+        assert [m.topic for m in recorder.messages if m.retain and m.payload] == []
+    finally:
+        second.extensions["pyedge"].close()
