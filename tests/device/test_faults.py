@@ -31,10 +31,12 @@ SENSORS = ("temp", "level")
 DRAIN_RATE = 150
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
+def wait_until(condition: Any, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
         time.sleep(0.05)
 
 
@@ -126,13 +128,15 @@ def start_service(tmp_path: Path, node_id: str, port: int) -> subprocess.Popen[b
         EDGE_HTTP_PORT=str(free_port()),
         EDGE_DEVICE_SERVICE_SENSORS=str(write_sensors(tmp_path / "s.toml", INTERVAL)),
     )
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "pyedge"), "run", "--no-broker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # Its output goes to a log file that a failing test shows.
+    with (tmp_path / "service.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "pyedge"), "run", "--no-broker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def test_a_killed_service_goes_on_from_where_it_was(
@@ -144,7 +148,12 @@ def test_a_killed_service_goes_on_from_where_it_was(
     )
     first = start_service(tmp_path, node_id, broker.port)
     try:
-        wait_until(lambda: len(subscriber.received("temp")) >= 50, 20, "the first readings")
+        wait_until(
+            lambda: len(subscriber.received("temp")) >= 50,
+            40,
+            "the first readings",
+            tmp_path / "service.log",
+        )
         os.killpg(first.pid, signal.SIGKILL)  # no goodbye: whatever was in flight is cut
         first.wait(10)
         killed_at = max(subscriber.received("temp"))
@@ -152,8 +161,9 @@ def test_a_killed_service_goes_on_from_where_it_was(
         try:
             wait_until(
                 lambda: max(subscriber.received("temp")) >= killed_at + 50,
-                20,
+                40,
                 "readings after the restart",
+                tmp_path / "service.log",
             )
         finally:
             second.send_signal(signal.SIGTERM)
@@ -165,3 +175,47 @@ def test_a_killed_service_goes_on_from_where_it_was(
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
         subscriber.close()
+
+
+def test_readings_the_broker_refuses_are_kept_and_sent_once_allowed(
+    tmp_path: Path, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_service import forwarder
+    from tests.mqtt_recorder import MqttRecorder
+
+    monkeypatch.setattr(forwarder, "RETRY_S", 0.5)
+    acl = tmp_path / "acl"
+    # Everything but the readings themselves: their PUBACKs say 0x87 Not authorized.
+    acl.write_text(
+        "topic read #\ntopic write pyedge/+/+/status\ntopic write pyedge/+/+/ops/#\n"
+        "topic write pyedge/+/device-service/sensors/+/availability\ntopic write homeassistant/#\n"
+    )
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(REPO_MQTT_CONFIG.read_text() + f"\nacl_file {acl}\n")
+    broker = Mosquitto(config, tmp_path / "broker", "127.0.0.1", free_port())
+    broker.start()
+    recorder = MqttRecorder("127.0.0.1", broker.port, f"acl-{node_id}")
+    topic = f"pyedge/{node_id}/device-service/sensors/temp"
+    recorder.subscribe(topic)
+    app = create_app({
+        "EDGE_MQTT_PORT": broker.port, "EDGE_NODE_ID": node_id,
+        "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_SERVICES": "device-service",
+        "EDGE_DEVICE_SERVICE_SENSORS": str(write_sensors(tmp_path / "s.toml", 0.1)),
+    })  # fmt: skip
+    client = app.test_client()
+    try:
+        wait_until(lambda: client.get("/api/health").status_code == 503, 10, "degraded")
+        detail = client.get("/api/health").json["services"]["device-service"]["detail"]
+        assert "refused" in detail and "Not authorized" in detail
+        assert client.get("/api/device-service/outbox").json["drained"] == 0  # none lost
+        acl.write_text("topic readwrite #\n")
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL
+        wait_until(lambda: client.get("/api/health").status_code == 200, 15, "recovery")
+        wait_until(lambda: len(recorder.on(topic)) >= 10, 10, "the kept readings")
+        seqs = [m.json()["seq"] for m in recorder.on(topic)]
+        assert seqs[:10] == list(range(1, 11))  # from the first, in order
+    finally:
+        app.extensions["pyedge"].close()
+        recorder.close()
+        broker.stop()
