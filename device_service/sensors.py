@@ -114,8 +114,17 @@ DEFAULT_SENSORS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def default_tables(machine_type: str) -> dict[str, dict[str, Any]]:
-    """The sensors run without a sensors file: host (+ simulated on a PC)."""
-    return DEFAULT_SENSORS["rpi" if machine_type == "rpi" else "pc"]
+    """The sensors run without a sensors file: host (+ simulated on a PC).
+
+    The host driver reads Linux's /proc and /sys, so a Mac or Windows PC gets the
+    simulated sensors alone rather than a sensor that can never read.
+    """
+    if machine_type == "rpi":
+        return DEFAULT_SENSORS["rpi"]
+    tables = DEFAULT_SENSORS["pc"]
+    if machine_type != "pc_linux":
+        tables = {name: table for name, table in tables.items() if table["driver"] != "host"}
+    return tables
 
 
 def load_sensors(

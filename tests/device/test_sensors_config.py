@@ -22,6 +22,8 @@ def test_defaults_by_machine_type() -> None:
     assert pc == {"host": "host", "room_temperature": "simulated", "room_humidity": "simulated"}
     pi = {s.name: s.driver_name for s in load_sensors(None, "rpi", DriverCatalog())}
     assert pi == {"host": "host"}
+    mac = {s.name: s.driver_name for s in load_sensors(None, "mac", DriverCatalog())}
+    assert mac == {"room_temperature": "simulated", "room_humidity": "simulated"}
 
 
 def test_the_example_sensors_file_loads() -> None:
