@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -55,6 +56,7 @@ class Forwarder:
         self._retry_from: int | None = None
         self._retry_at = 0.0
         self._hold = False
+        self._generation = bus.connections
         self.refusal: str | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -101,12 +103,16 @@ class Forwarder:
         self._wake.set()
 
     def _on_connect(self) -> None:
-        # Time spent disconnected is no stall. paho re-sends the unacknowledged window
-        # once the connect callbacks return; newer rows wait until it is acknowledged,
-        # or they could overtake it.
+        # Time spent disconnected is no stall.
         self._last_progress = time.monotonic()
-        self._hold = bool(self._pending)
         self._wake.set()
+
+    def _reconnected(self) -> bool:
+        """True once per new connection; then the unacknowledged window must go first."""
+        if self.bus.connections == self._generation:
+            return False
+        self._generation = self.bus.connections
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -127,15 +133,23 @@ class Forwarder:
 
     def _collect_acks(self) -> None:
         now = time.monotonic()
-        done = [(row_id, info) for row_id, info in self._pending.items() if info.is_published()]
+        # Only the acknowledged prefix, in order: a refusal is then always seen before
+        # the acknowledgements of the rows that followed it.
+        done = list(itertools.takewhile(lambda item: _acknowledged(item[1]), self._pending.items()))
         for row_id, info in done:
             # The window slot is free at once; the rows are deleted in batches.
             del self._pending[row_id]
             reason = self._refused.pop(info.mid, None)
-            if reason is None:
-                self._acked.append(row_id)
-            else:
+            if reason is not None:
                 self._refuse(row_id, reason)
+            elif self._retry_from is None or row_id < self._retry_from:
+                self._acked.append(row_id)
+            # else: kept, and sent again after the refused row, so that order holds.
+        # Refusals of other messages (or of rows given up by a stall) must not match a
+        # later message that reuses the id.
+        live = {info.mid for info in self._pending.values()}
+        for mid in [m for m in self._refused if m not in live]:
+            self._refused.pop(mid, None)
         if done:
             self._last_progress = now
         elif self._pending and self.bus.connected and now - self._last_progress > STALL_S:
@@ -167,7 +181,13 @@ class Forwarder:
         self._last_flush = time.monotonic()
 
     def _publish_window(self) -> None:
-        if self._hold or not self.bus.connected:
+        if not self.bus.connected:
+            return
+        if self._reconnected() and self._pending:
+            # paho re-sends the unacknowledged window on reconnect; newer rows wait until
+            # it is acknowledged, or they could overtake it.
+            self._hold = True
+        if self._hold:
             return
         if self._retry_from is not None:
             if self._pending or time.monotonic() < self._retry_at:
@@ -180,11 +200,17 @@ class Forwarder:
         if room <= 0:
             return
         for row in self.outbox.peek(room, self._cursor):
-            if self._stop.is_set() or not self.bus.connected:
-                return
+            if (
+                self._stop.is_set()
+                or not self.bus.connected
+                or self.bus.connections != self._generation
+            ):
+                return  # stopping, disconnected, or reconnected: the next pass decides
             info = self.bus.publish(row.topic, row.payload, qos=READING_QOS, retain=True)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                logger.error("forwarder: paho refused a publish (rc %s); retrying later", info.rc)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                # The connection dropped under us (or paho refused): this row is not in
+                # the window and goes again after reconnect, at worst as a duplicate.
+                logger.info("forwarder: publish not accepted (rc %s); later", info.rc)
                 return
             self._pending[row.id] = info
             self._cursor = row.id
@@ -202,3 +228,11 @@ class Forwarder:
     def stats(self) -> dict[str, Any]:
         """What the forwarder is doing, for the outbox endpoint."""
         return {"in_flight": self.in_flight, "error": self.error}
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker has acknowledged it; paho raises for odd return codes."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False

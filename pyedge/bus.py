@@ -56,6 +56,9 @@ class Bus:
         self._connect_callbacks: list[ConnectCallback] = []
         self._ack_callbacks: list[AckCallback] = []
         self._connected = threading.Event()
+        # Counts successful connects; it changes before `connected` turns true, so a
+        # publisher can tell a reconnect happened even before any callback has run.
+        self.connections = 0
         self._closing = False
         self.last_error: str | None = "not connected yet"
         self._client = self._new_client(settings.protocol)
@@ -180,6 +183,7 @@ class Bus:
                 client.subscribe(subscriptions)
             for topic in self._status_topics:
                 client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
+            self.connections += 1
             self._connected.set()
         logger.info("connected to MQTT broker %s as %s", self.broker, self.settings.client_id)
         for callback in list(self._connect_callbacks):

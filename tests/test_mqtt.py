@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from typing import Any
@@ -92,7 +93,7 @@ def test_last_will_marks_the_process_offline_when_its_connection_dies(
     bus.start()
     assert bus.wait_connected(5)
     recorder.wait_for(topic, lambda m: m.payload == b"online")
-    bus._client.socket().close()  # the process "dies": no DISCONNECT packet is sent
+    bus._client.socket().shutdown(socket.SHUT_RDWR)  # dies: no DISCONNECT is sent
     recorder.wait_for(topic, lambda m: m.payload == b"offline")
     bus.close()
 
@@ -138,7 +139,9 @@ def test_sessions_are_republished_after_a_reconnect(
 
 def drop_connection_and_reconnect(bus: Bus) -> None:
     """Cut the bus's socket as a network fault would, and wait for paho to reconnect."""
-    bus._client.socket().close()
+    # shutdown, not close: a closed fd can be reused by another socket before paho
+    # notices, while shutdown wakes paho with EOF at once.
+    bus._client.socket().shutdown(socket.SHUT_RDWR)
     _wait(lambda: not bus.connected)
     assert bus.wait_connected(10), "no reconnect"
 
