@@ -110,28 +110,6 @@ def test_configs_are_announced_again_when_home_assistant_is_born(
     assert not again.retain  # a live re-announcement, not the retained copy
 
 
-def test_a_removed_sensor_leaves_no_ghost(
-    app_config: dict[str, Any],
-    tmp_path: Path,
-    mock_gpio: None,
-    recorder: MqttRecorder,
-    node_id: str,
-) -> None:
-    first = start(app_config, tmp_path)
-    first.extensions["pyedge"].close()
-    only_temp = SENSORS.split("[sensors.pump]")[0]
-    second = start(app_config, tmp_path, only_temp)  # same data dir: it remembers
-    try:
-        prefix = f"ha-{node_id}"
-        recorder.subscribe(f"{prefix}/#")
-        recorder.wait_for(f"{prefix}/sensor/{node_id}/temp/config")
-        time.sleep(0.5)  # every retained config has arrived by now
-        retained = {m.topic for m in recorder.messages if m.retain and m.payload}
-        assert retained == {f"{prefix}/sensor/{node_id}/temp/config"}
-    finally:
-        second.extensions["pyedge"].close()
-
-
 def test_an_actuator_switches_over_mqtt_and_echoes_its_state(
     gpio_app: Flask, recorder: MqttRecorder, node_id: str
 ) -> None:
@@ -162,21 +140,33 @@ def test_an_actuator_switches_over_the_api(
     assert client.put("/api/device-service/actuators/pump", json={"state": "x"}).status_code == 422
 
 
-def test_turning_discovery_off_clears_what_was_announced(
+@pytest.mark.parametrize(
+    ("changes", "sensors", "left"),
+    [
+        ({}, SENSORS.split("[sensors.pump]")[0], {"sensor/{node}/temp/config"}),
+        ({"EDGE_DEVICE_SERVICE_DISCOVERY": False}, SENSORS, set()),
+    ],
+    ids=["sensors-removed-from-the-file", "discovery-turned-off"],
+)
+def test_no_ghost_entity_is_left_behind(
     app_config: dict[str, Any],
     tmp_path: Path,
     mock_gpio: None,
     recorder: MqttRecorder,
     node_id: str,
+    changes: dict[str, Any],
+    sensors: str,
+    left: set[str],
 ) -> None:
     first = start(app_config, tmp_path)
     first.extensions["pyedge"].close()
-    second = start({**app_config, "EDGE_DEVICE_SERVICE_DISCOVERY": False}, tmp_path)
+    second = start({**app_config, **changes}, tmp_path, sensors)  # same data dir: it remembers
     try:
         prefix = f"ha-{node_id}"
         time.sleep(0.5)  # the clearing messages are out
         recorder.subscribe(f"{prefix}/#")
         time.sleep(0.5)  # every retained config left would have arrived by now
-        assert [m.topic for m in recorder.messages if m.retain and m.payload] == []
+        retained = {m.topic for m in recorder.messages if m.retain and m.payload}
+        assert retained == {f"{prefix}/{topic.format(node=node_id)}" for topic in left}
     finally:
         second.extensions["pyedge"].close()
