@@ -10,6 +10,7 @@ gpiozero's pin factory) is injectable, so tests fake only the hardware, never th
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ class NoOptions(ma.Schema):
     """A driver that takes no options."""
 
 
-class Driver:
+class Driver(ABC):
     """Base of every driver.
 
     Subclasses set ``name`` (the entry-point name), ``quantities`` (the keys ``read()``
@@ -49,20 +50,21 @@ class Driver:
     def __init__(self, **options: Any) -> None:
         self.options = options
 
+    @abstractmethod
     def read(self) -> Reading:
         """Read the hardware now; raises DriverError when it cannot."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the hardware (files, buses, pins); the default holds nothing."""
+        return  # optional on purpose: most drivers open their files anew at each read
 
 
 class Actuator(Driver):
     """A driver that can also be set: a relay, an LED."""
 
+    @abstractmethod
     def write(self, state: bool) -> Reading:
         """Switch to `state` and return the reading after the change."""
-        raise NotImplementedError
 
 
 class DriverCatalog(Mapping[str, type[Driver]]):

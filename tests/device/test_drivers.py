@@ -163,7 +163,6 @@ def test_host_rejects_a_missing_disk_path(proc: Path, tmp_path: Path) -> None:
         host.read()
 
 
-@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux procfs")
 def test_host_reads_this_machine() -> None:
     host = make(Host)
     reading = host.read()
