@@ -157,6 +157,14 @@ def slug_list(value: Any) -> list[str] | None:
     return slugs or None
 
 
+def text_list(value: Any) -> list[str]:
+    """Parse a list of strings from a TOML list or a comma-separated string."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
 def node_id(value: Any) -> str:
     """Parse a node id usable as one MQTT topic segment."""
     if not isinstance(value, str) or not NODE_ID_RE.match(value):

@@ -64,6 +64,7 @@ class Operation:
     kind: OpKind
     run: OpFunction
     params: type[ma.Schema] = NoParams
+    # Called after stop_requested is set: on stop (a Process) or abort (a Task).
     stop: StopFunction | None = None
     autostart: Autostart | None = None
     description: str = ""

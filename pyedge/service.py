@@ -97,11 +97,13 @@ class EdgeService:
         run: OpFunction,
         *,
         params: type[ma.Schema] = NoParams,
+        abort: StopFunction | None = None,
         description: str | None = None,
     ) -> Operation:
         """Register a Task: `run(session, params)` finishes by itself; abort ends it early.
 
         Abort sets `session.stop_requested`; the code should check it (or `session.sleep`).
+        `abort(session)`, when given, is called too: to interrupt a blocking call.
         """
         return self._add(
             Operation(
@@ -109,6 +111,7 @@ class EdgeService:
                 OpKind.TASK,
                 run,
                 params,
+                stop=abort,
                 description=description or _first_line(run),
             )
         )

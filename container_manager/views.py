@@ -1,0 +1,309 @@
+"""container-manager REST resources: system, containers, images, volumes and networks."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from docker import DockerClient
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import abort
+from werkzeug.exceptions import HTTPException
+
+from container_manager import containers, images
+from container_manager.engine import Engine
+from container_manager.errors import ContainerManagerError, PolicyDenied
+from container_manager.schemas import (
+    ContainerDetailSchema,
+    ContainerSchema,
+    ForceArgs,
+    ImageDetailSchema,
+    ImageSchema,
+    KillArgs,
+    ListArgs,
+    LogArgs,
+    LogsSchema,
+    NetworkCreateSchema,
+    NetworkSchema,
+    PruneArgs,
+    PruneSchema,
+    StatsSchema,
+    StopArgs,
+    SystemSchema,
+    VolumeCreateSchema,
+    VolumeSchema,
+)
+from container_manager.service import ENGINE, policy_of, service
+from container_manager.specs import MANAGED_LABEL, ContainerCreateSchema, create_kwargs
+
+blp = service.blueprint
+
+
+@blp.errorhandler(ContainerManagerError)
+def container_manager_error(exc: ContainerManagerError) -> Any:
+    """Answer the container-manager's errors in the API's one error envelope."""
+    try:
+        if exc.errors:
+            abort(exc.status, message=str(exc), errors=exc.errors)
+        abort(exc.status, message=str(exc))
+    except HTTPException as http_exc:
+        return current_app.handle_http_exception(http_exc)
+
+
+def engine() -> Engine:
+    """This app's engine, or 503 while the service is not started."""
+    found: Engine | None = service.runtime().extras.get(ENGINE)
+    if found is None:
+        abort(HTTPStatus.SERVICE_UNAVAILABLE, message="container-manager is not running")
+    return found
+
+
+@blp.route("/system")
+class System(MethodView):
+    @blp.response(200, SystemSchema)
+    def get(self) -> dict[str, Any]:
+        """The engine: versions, OS and architecture, free disk, counts."""
+        eng = engine()
+        version = eng.call(lambda c: c.version())
+        info = eng.call(lambda c: c.info())
+        root = info.get("DockerRootDir", "")
+        try:
+            # Meaningful when the engine runs on this host, as it does on a device.
+            free: int | None = shutil.disk_usage(root).free if root else None
+        except OSError:
+            free = None
+        return {
+            "engine_version": version.get("Version"),
+            "api_version": version.get("ApiVersion"),
+            "client_api_version": eng.client.api.api_version,
+            "os": info.get("OperatingSystem"),
+            "os_type": info.get("OSType"),
+            "architecture": info.get("Architecture"),
+            "kernel": info.get("KernelVersion"),
+            "docker_root": root,
+            "disk_free_bytes": free,
+            "containers": info.get("Containers", 0),
+            "containers_running": info.get("ContainersRunning", 0),
+            "images": info.get("Images", 0),
+        }
+
+
+@blp.route("/containers")
+class Containers(MethodView):
+    @blp.arguments(ListArgs, location="query")
+    @blp.response(200, ContainerSchema(many=True))
+    def get(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """List containers (running ones unless all=true), optionally by label."""
+        return containers.list_containers(engine(), all=args["all"], labels=args["label"])
+
+    @blp.arguments(ContainerCreateSchema)
+    @blp.response(201, ContainerDetailSchema)
+    @blp.alt_response(403, description="Denied by the security policy; errors.violations")
+    def post(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create a container from a spec (compose's field names) and start it."""
+        violations = policy_of(service.runtime()).check(spec)
+        if violations:
+            raise PolicyDenied(violations)
+        eng = engine()
+        kwargs = create_kwargs(spec)
+        created = eng.call(lambda c: c.containers.create(name=spec["name"], **kwargs))
+        if spec["start"]:
+            eng.call(lambda c: c.api.start(created.id))
+        return containers.describe(containers.inspect(eng, created.id))
+
+
+@blp.route("/containers/<ident>")
+class ContainerResource(MethodView):
+    @blp.response(200, ContainerDetailSchema)
+    def get(self, ident: str) -> dict[str, Any]:
+        """Inspect a container (environment values redacted)."""
+        return containers.describe(containers.inspect(engine(), ident))
+
+    @blp.arguments(ForceArgs, location="query")
+    @blp.response(204)
+    def delete(self, args: dict[str, Any], ident: str) -> None:
+        """Remove a container (force=true: even while it runs)."""
+        eng = engine()
+        attrs = containers.guard(eng, ident, "removed")
+        eng.call(lambda c: c.api.remove_container(attrs["Id"], force=args["force"]))
+
+
+def _act(ident: str, done: str, call: Callable[[DockerClient, str], object]) -> dict[str, Any]:
+    """Run `call(client, id)` on a container PyEdge may change; the container afterwards."""
+    eng = engine()
+    cid = containers.guard(eng, ident, done)["Id"]
+    eng.call(lambda c: call(c, cid))
+    return containers.describe(containers.inspect(eng, cid))
+
+
+@blp.route("/containers/<ident>/start")
+class ContainerStart(MethodView):
+    @blp.response(200, ContainerDetailSchema)
+    def post(self, ident: str) -> dict[str, Any]:
+        """Start a container."""
+        return _act(ident, "started", lambda c, cid: c.api.start(cid))
+
+
+@blp.route("/containers/<ident>/stop")
+class ContainerStop(MethodView):
+    @blp.arguments(StopArgs, location="query")
+    @blp.response(200, ContainerDetailSchema)
+    def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
+        """Stop a container: SIGTERM, then SIGKILL after `timeout` seconds."""
+        return _act(ident, "stopped", lambda c, cid: c.api.stop(cid, timeout=args["timeout"]))
+
+
+@blp.route("/containers/<ident>/restart")
+class ContainerRestart(MethodView):
+    @blp.arguments(StopArgs, location="query")
+    @blp.response(200, ContainerDetailSchema)
+    def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
+        """Restart a container (stopping it as stop does)."""
+        return _act(ident, "restarted", lambda c, cid: c.api.restart(cid, timeout=args["timeout"]))
+
+
+@blp.route("/containers/<ident>/kill")
+class ContainerKill(MethodView):
+    @blp.arguments(KillArgs, location="query")
+    @blp.response(200, ContainerDetailSchema)
+    def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
+        """Send a container a signal (SIGKILL unless `signal` says otherwise)."""
+        return _act(ident, "killed", lambda c, cid: c.api.kill(cid, signal=args["signal"]))
+
+
+@blp.route("/containers/<ident>/stats")
+class ContainerStats(MethodView):
+    @blp.response(200, StatsSchema)
+    def get(self, ident: str) -> dict[str, Any]:
+        """One sample of a container's CPU (from deltas), memory, network and disk use."""
+        return containers.stats(engine(), ident)
+
+
+@blp.route("/containers/<ident>/logs")
+class ContainerLogs(MethodView):
+    @blp.arguments(LogArgs, location="query")
+    @blp.response(200, LogsSchema)
+    def get(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
+        """The last lines of a container's stdout and stderr, in time order."""
+        lines = containers.logs(engine(), ident, **args)
+        return {"id": ident, "lines": lines}
+
+
+@blp.route("/images")
+class Images(MethodView):
+    @blp.response(200, ImageSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List images, with how many containers use each."""
+        return images.list_images(engine())
+
+
+@blp.route("/images/prune")
+class ImagePrune(MethodView):
+    @blp.arguments(PruneArgs, location="query")
+    @blp.response(200, PruneSchema)
+    def post(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Remove dangling images (all=true: every image no container uses)."""
+        return images.prune(engine(), all=args["all"])
+
+
+@blp.route("/images/<path:ref>")
+class ImageResource(MethodView):
+    @blp.response(200, ImageDetailSchema)
+    def get(self, ref: str) -> dict[str, Any]:
+        """Inspect an image by id or reference."""
+        return images.inspect(engine(), ref)
+
+    @blp.arguments(ForceArgs, location="query")
+    @blp.response(204)
+    @blp.alt_response(409, description="A container uses it")
+    def delete(self, args: dict[str, Any], ref: str) -> None:
+        """Remove an image (409 while a container uses it, unless force=true)."""
+        engine().call(lambda c: c.api.remove_image(ref, force=args["force"]))
+
+
+def _volume(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": raw["Name"],
+        "driver": raw.get("Driver"),
+        "mountpoint": raw.get("Mountpoint"),
+        "created": raw.get("CreatedAt"),
+        "labels": raw.get("Labels"),
+    }
+
+
+@blp.route("/volumes")
+class Volumes(MethodView):
+    @blp.response(200, VolumeSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List volumes."""
+        found = engine().call(lambda c: c.api.volumes())
+        return [_volume(raw) for raw in found.get("Volumes") or []]
+
+    @blp.arguments(VolumeCreateSchema)
+    @blp.response(201, VolumeSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a named volume."""
+        labels = {**body["labels"], MANAGED_LABEL: "true"}
+        raw = engine().call(
+            lambda c: c.api.create_volume(body["name"], driver=body["driver"], labels=labels)
+        )
+        return _volume(raw)
+
+
+@blp.route("/volumes/<name>")
+class VolumeResource(MethodView):
+    @blp.arguments(ForceArgs, location="query")
+    @blp.response(204)
+    @blp.alt_response(409, description="A container uses it")
+    def delete(self, args: dict[str, Any], name: str) -> None:
+        """Remove a volume and its data (409 while a container uses it)."""
+        engine().call(lambda c: c.api.remove_volume(name, force=args["force"]))
+
+
+def _network(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": raw["Id"],
+        "name": raw["Name"],
+        "driver": raw.get("Driver"),
+        "scope": raw.get("Scope"),
+        "internal": raw.get("Internal", False),
+        "created": raw.get("Created"),
+        "labels": raw.get("Labels"),
+    }
+
+
+@blp.route("/networks")
+class Networks(MethodView):
+    @blp.response(200, NetworkSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List networks."""
+        return [_network(raw) for raw in engine().call(lambda c: c.api.networks())]
+
+    @blp.arguments(NetworkCreateSchema)
+    @blp.response(201, NetworkSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a network."""
+        eng = engine()
+        labels = {**body["labels"], MANAGED_LABEL: "true"}
+        created = eng.call(
+            lambda c: c.api.create_network(
+                body["name"],
+                driver=body["driver"],
+                internal=body["internal"],
+                labels=labels,
+                check_duplicate=True,
+            )
+        )
+        return _network(eng.call(lambda c: c.api.inspect_network(created["Id"])))
+
+
+@blp.route("/networks/<name>")
+class NetworkResource(MethodView):
+    @blp.response(204)
+    @blp.alt_response(409, description="A container is attached to it")
+    def delete(self, name: str) -> None:
+        """Remove a network."""
+        engine().call(lambda c: c.api.remove_network(name))

@@ -1,0 +1,82 @@
+"""Fixtures of the container-manager tests: a real dockerd for the session, the app on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from edge_server import create_app
+from tests.docker_engine import TEST_IMAGE, DockerEngine
+
+API = "/api/container-manager"
+# Networks every engine has; the cleanup leaves them.
+DEFAULT_NETWORKS = {"bridge", "host", "none"}
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A real dockerd on its own socket, with the busybox test image built locally."""
+    engine = DockerEngine()
+    try:
+        engine.start()
+        engine.build_busybox()
+        yield engine
+    finally:
+        engine.remove()
+
+
+@pytest.fixture
+def docker_client(docker_engine: DockerEngine) -> Iterator[docker.DockerClient]:
+    """A docker-py client of the test engine; removes what the test left behind."""
+    if not docker_engine.answers():  # a test stopped it and failed before restarting it
+        docker_engine.start()
+    client = docker_engine.client()
+    yield client
+    for container in client.containers.list(all=True):
+        container.remove(force=True)
+    for network in client.networks.list():
+        if network.name not in DEFAULT_NETWORKS:
+            network.remove()
+    for volume in client.volumes.list():
+        volume.remove(force=True)
+    for image in client.images.list():
+        if TEST_IMAGE not in image.tags:
+            client.images.remove(image.id, force=True)
+    client.close()
+
+
+@pytest.fixture
+def cm_config(
+    app_config: dict[str, Any], docker_engine: DockerEngine, docker_client: docker.DockerClient
+) -> dict[str, Any]:
+    """The test app's settings: the container-manager alone, on the test engine."""
+    return {
+        **app_config,
+        "EDGE_SERVICES": "container-manager",
+        "EDGE_CONTAINER_MANAGER_DOCKER_HOST": docker_engine.url,
+        "EDGE_CONTAINER_MANAGER_RECONCILE_INTERVAL": 0.3,
+    }
+
+
+@pytest.fixture
+def cm_app(cm_config: dict[str, Any]) -> Iterator[Flask]:
+    """The edge-server with the container-manager."""
+    app = create_app(cm_config)
+    yield app
+    app.extensions["pyedge"].close()
+
+
+@pytest.fixture
+def cm_client(cm_app: Flask) -> FlaskClient:
+    """A test client of the container-manager's app."""
+    return cm_app.test_client()
+
+
+def run_spec(**fields: Any) -> dict[str, Any]:
+    """A container spec running the busybox test image."""
+    return {"image": TEST_IMAGE, **fields}
