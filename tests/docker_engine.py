@@ -119,9 +119,7 @@ class DockerEngine:
         client = self.client()
         try:
             repository, _, version = tag.rpartition(":")
-            client.api.import_image_from_data(
-                buffer.getvalue(), repository=repository, tag=version
-            )
+            client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=version)
         finally:
             client.close()
 
