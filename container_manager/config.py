@@ -50,4 +50,16 @@ SETTINGS = (
         300.0,
         "longest wait, in seconds, before restarting a crash-looping container",
     ),
+    cfg.Setting(
+        "stream_heartbeat",
+        cfg.number(low=0.1),
+        15.0,
+        "seconds between SSE heartbeat comments (also how a departed client is noticed)",
+    ),
+    cfg.Setting(
+        "max_streams",
+        cfg.integer(1, 1000),
+        8,
+        "SSE streams open at once at most (each holds a server thread)",
+    ),
 )

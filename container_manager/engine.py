@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import docker
 
-from container_manager.errors import translated
+from container_manager.errors import EngineUnavailable, translated
 
 logger = logging.getLogger(__name__)
 
@@ -69,20 +69,38 @@ class Engine:
 
     def call(self, func: Callable[[docker.DockerClient], T]) -> T:
         """Run `func(client)` with errors translated."""
-        with translated():
-            return func(self.client)
+        try:
+            with translated():
+                return func(self.client)
+        except EngineUnavailable:
+            self.reset()
+            raise
 
     def stream(self, func: Callable[[docker.DockerClient], T]) -> T:
         """Run `func(stream_client)` with errors translated (to open a stream)."""
-        with translated():
-            return func(self.stream_client)
+        try:
+            with translated():
+                return func(self.stream_client)
+        except EngineUnavailable:
+            self.reset()
+            raise
+
+    def reset(self) -> None:
+        """Drop both clients after the engine went away.
+
+        Their pooled connections lead to the old engine process: closing them now keeps
+        no dead sockets, and the next call negotiates afresh with whatever engine answers.
+        """
+        self.close()
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers within PING_TIMEOUT_S."""
-        client = self.client
-        with translated():
+
+        def ping(client: docker.DockerClient) -> None:
             response = client.api._get(client.api._url("/_ping"), timeout=PING_TIMEOUT_S)
             client.api._raise_for_status(response)
+
+        self.call(ping)
 
     def close(self) -> None:
         """Close both clients' connection pools."""

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
 from docker import DockerClient
-from flask import current_app
+from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import abort
 from werkzeug.exceptions import HTTPException
 
-from container_manager import containers, images
+from container_manager import containers, images, streams
 from container_manager.engine import Engine
 from container_manager.errors import ContainerManagerError, PolicyDenied
 from container_manager.schemas import (
     ContainerDetailSchema,
     ContainerSchema,
+    EventArgs,
     ForceArgs,
     ImageDetailSchema,
     ImageSchema,
@@ -32,11 +34,12 @@ from container_manager.schemas import (
     PruneSchema,
     StatsSchema,
     StopArgs,
+    StreamArgs,
     SystemSchema,
     VolumeCreateSchema,
     VolumeSchema,
 )
-from container_manager.service import ENGINE, policy_of, service
+from container_manager.service import ENGINE, STREAMS, policy_of, service
 from container_manager.specs import MANAGED_LABEL, ContainerCreateSchema, create_kwargs
 
 blp = service.blueprint
@@ -111,7 +114,12 @@ class Containers(MethodView):
         kwargs = create_kwargs(spec)
         created = eng.call(lambda c: c.containers.create(name=spec["name"], **kwargs))
         if spec["start"]:
-            eng.call(lambda c: c.api.start(created.id))
+            try:
+                eng.call(lambda c: c.api.start(created.id))
+            except ContainerManagerError:
+                # A container that cannot start (a port taken, say) is not left behind.
+                eng.call(lambda c: c.api.remove_container(created.id, force=True))
+                raise
         return containers.describe(containers.inspect(eng, created.id))
 
 
@@ -190,6 +198,65 @@ class ContainerLogs(MethodView):
         """The last lines of a container's stdout and stderr, in time order."""
         lines = containers.logs(engine(), ident, **args)
         return {"id": ident, "lines": lines}
+
+
+def event_stream(sources: Callable[[Engine, str | None], list[streams.Source]]) -> Response:
+    """An SSE response of the engine streams `sources` opens; 503 when too many are open."""
+    runtime = service.runtime()
+    slots: threading.BoundedSemaphore = runtime.extras[STREAMS]
+    if not slots.acquire(blocking=False):
+        abort(HTTPStatus.SERVICE_UNAVAILABLE, message="too many streams open; try again later")
+    try:
+        after = request.headers.get("Last-Event-ID") or None
+        opened = sources(engine(), after)
+    except BaseException:
+        slots.release()
+        raise
+
+    def body() -> Iterator[str]:
+        try:
+            yield from streams.serve(opened, runtime.settings["stream_heartbeat"], after)
+        finally:
+            slots.release()
+
+    return Response(
+        body(),
+        mimetype="text/event-stream",
+        # No caching, and no buffering by a reverse proxy: events must arrive as they happen.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+SSE_DOC = {
+    "responses": {
+        "200": {
+            "description": "Server-Sent Events; `id` is the event's time (resume with "
+            "Last-Event-ID), comments are heartbeats, `event: end` closes it",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+}
+
+
+@blp.route("/containers/<ident>/logs/stream")
+class ContainerLogStream(MethodView):
+    @blp.arguments(StreamArgs, location="query")
+    @blp.doc(**SSE_DOC)
+    def get(self, args: dict[str, Any], ident: str) -> Response:
+        """Follow a container's output as Server-Sent Events (resumable)."""
+        engine().call(lambda c: c.api.inspect_container(ident))  # 404 before the stream
+        return event_stream(lambda eng, after: streams.log_sources(eng, ident, args["tail"], after))
+
+
+@blp.route("/events/stream")
+class EventStream(MethodView):
+    @blp.arguments(EventArgs, location="query")
+    @blp.doc(**SSE_DOC)
+    def get(self, args: dict[str, Any]) -> Response:
+        """Docker events of the objects PyEdge manages (all=true: every object) as SSE."""
+        return event_stream(
+            lambda eng, after: streams.event_sources(eng, managed_only=not args["all"], after=after)
+        )
 
 
 @blp.route("/images")

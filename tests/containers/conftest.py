@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import docker
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from edge_server import create_app
 from tests.docker_engine import TEST_IMAGE, DockerEngine
@@ -60,6 +64,7 @@ def cm_config(
         "EDGE_SERVICES": "container-manager",
         "EDGE_CONTAINER_MANAGER_DOCKER_HOST": docker_engine.url,
         "EDGE_CONTAINER_MANAGER_RECONCILE_INTERVAL": 0.3,
+        "EDGE_CONTAINER_MANAGER_STREAM_HEARTBEAT": 0.5,
     }
 
 
@@ -80,3 +85,36 @@ def cm_client(cm_app: Flask) -> FlaskClient:
 def run_spec(**fields: Any) -> dict[str, Any]:
     """A container spec running the busybox test image."""
     return {"image": TEST_IMAGE, **fields}
+
+
+@dataclass
+class LiveServer:
+    """The container-manager's app served over real HTTP (for streams)."""
+
+    url: str
+
+    def api(self, path: str) -> str:
+        return f"{self.url}{API}{path}"
+
+
+@pytest.fixture
+def cm_server(cm_app: Flask) -> Iterator[LiveServer]:
+    """The app on a threaded werkzeug server on a free loopback port."""
+    server = make_server("127.0.0.1", 0, cm_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    yield LiveServer(f"http://127.0.0.1:{server.server_port}")
+    server.shutdown()
+    thread.join(5)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
