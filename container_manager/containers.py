@@ -61,6 +61,19 @@ def inspect(engine: Engine, ident: str) -> dict[str, Any]:
     return attrs
 
 
+def redact_app_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """An app spec as stored, each service's environment values redacted (as inspect does)."""
+    services = {}
+    for name, service in (spec.get("services") or {}).items():
+        environment = service.get("environment")
+        if isinstance(environment, dict):
+            environment = dict.fromkeys(environment, REDACTED)
+        elif isinstance(environment, list):
+            environment = [f"{str(item).partition('=')[0]}={REDACTED}" for item in environment]
+        services[name] = {**service, **({"environment": environment} if environment else {})}
+    return {**spec, "services": services}
+
+
 def describe(attrs: dict[str, Any]) -> dict[str, Any]:
     """An inspected container as GET /containers/<id> shows it: summary and raw attrs."""
     config = attrs.get("Config") or {}

@@ -14,8 +14,12 @@ from typing import TypeVar
 import docker
 
 from container_manager.errors import EngineUnavailable, translated
+from pyedge import ServiceRuntime
 
 logger = logging.getLogger(__name__)
+
+# Where a runtime keeps its Engine (runtime.extras[ENGINE]), set by the service's start hook.
+ENGINE = "engine"
 
 T = TypeVar("T")
 
@@ -109,3 +113,9 @@ class Engine:
                 if client is not None:
                     client.close()
             self._client = self._stream_client = None
+
+
+def engine_of(runtime: ServiceRuntime) -> Engine:
+    """The Engine the container-manager's start hook made for `runtime`."""
+    engine: Engine = runtime.extras[ENGINE]
+    return engine

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+
+from container_manager.apps import AppStore
 from container_manager.config import SETTINGS
-from container_manager.engine import Engine
+from container_manager.engine import ENGINE, Engine, engine_of
 from container_manager.policy import Policy
-from pyedge import EdgeService, ServiceRuntime
+from container_manager.pull import PullParams, abort_pull, pull
+from container_manager.reconciler import (
+    APPS,
+    RECONCILER,
+    Reconciler,
+    reconcile_autostart,
+    run_reconcile,
+    stop_reconcile,
+)
+from pyedge import Degraded, EdgeService, ServiceRuntime
 
 service = EdgeService(
     "container-manager",
@@ -17,14 +29,8 @@ service = EdgeService(
     import_name=__name__,
 )
 
-ENGINE = "engine"
 POLICY = "policy"
-
-
-def engine_of(runtime: ServiceRuntime) -> Engine:
-    """The Engine the start hook made for this runtime."""
-    engine: Engine = runtime.extras[ENGINE]
-    return engine
+STREAMS = "streams"
 
 
 def policy_of(runtime: ServiceRuntime) -> Policy:
@@ -38,6 +44,8 @@ def open_engine(runtime: ServiceRuntime) -> None:
     """Set up the engine clients (they connect on first use) and the policy."""
     runtime.extras[ENGINE] = Engine(runtime.settings["docker_host"], runtime.settings["timeout"])
     runtime.extras[POLICY] = Policy.from_settings(runtime.settings)
+    # Each SSE stream holds a server thread: bound them so the API stays answerable.
+    runtime.extras[STREAMS] = threading.BoundedSemaphore(runtime.settings["max_streams"])
 
 
 @service.on_stop
@@ -56,3 +64,43 @@ def engine_reachable(runtime: ServiceRuntime) -> str:
         return "not started"
     engine.ping()
     return "engine reachable"
+
+
+service.task("pull", pull, params=PullParams, abort=abort_pull)
+
+
+@service.on_start
+def open_apps(runtime: ServiceRuntime) -> None:
+    """Open the app store and set up the reconciler (the engine hook has run)."""
+    store = AppStore(runtime.data_dir / "apps.db")
+    runtime.extras[APPS] = store
+    runtime.extras[RECONCILER] = Reconciler(
+        engine_of(runtime),
+        store,
+        policy_of(runtime),
+        backoff_max=runtime.settings["crash_backoff_max"],
+    )
+
+
+@service.on_stop
+def close_apps(runtime: ServiceRuntime) -> None:
+    """Close the app store (the reconcile Process has stopped by now)."""
+    runtime.extras.pop(RECONCILER, None)
+    store = runtime.extras.pop(APPS, None)
+    if store is not None:
+        store.close()
+
+
+service.process("reconcile", run_reconcile, stop=stop_reconcile, autostart=reconcile_autostart)
+
+
+@service.health_check
+def apps_converging(runtime: ServiceRuntime) -> str | None:
+    """Degraded while an app's service crash-loops, is denied or has a container in its way."""
+    reconciler: Reconciler | None = runtime.extras.get(RECONCILER)
+    if reconciler is None:
+        return None
+    degraded = reconciler.degraded()
+    if degraded:
+        raise Degraded("degraded app services: " + ", ".join(degraded))
+    return f"{len(reconciler.summary)} apps" if reconciler.summary else None

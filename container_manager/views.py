@@ -15,7 +15,7 @@ from flask_smorest import abort
 from werkzeug.exceptions import HTTPException
 
 from container_manager import containers, images, streams
-from container_manager.engine import Engine
+from container_manager.engine import ENGINE, Engine
 from container_manager.errors import ContainerManagerError, PolicyDenied
 from container_manager.schemas import (
     ContainerDetailSchema,
@@ -39,7 +39,7 @@ from container_manager.schemas import (
     VolumeCreateSchema,
     VolumeSchema,
 )
-from container_manager.service import ENGINE, STREAMS, policy_of, service
+from container_manager.service import STREAMS, policy_of, service
 from container_manager.specs import MANAGED_LABEL, ContainerCreateSchema, create_kwargs
 
 blp = service.blueprint

@@ -1,0 +1,171 @@
+"""container-manager REST resources for apps: desired state, its plan, and its removal.
+
+PUT stores the desired state and wakes the reconciler, which does the work; the answer
+shows the app as it is at that moment (usually still converging).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import abort
+
+from container_manager.app_schemas import (
+    APP_NAME_RE,
+    NAME_ERROR,
+    AppDetailSchema,
+    ApplyArgs,
+    AppSchema,
+    AppSpecSchema,
+    DeleteArgs,
+    PlanSchema,
+)
+from container_manager.apps import AppStore, plan, service_violations
+from container_manager.errors import Conflict, ContainerManagerError, NotFound, PolicyDenied
+from container_manager.reconciler import APPS, RECONCILER, Reconciler
+from container_manager.service import policy_of, service
+
+blp = service.blueprint
+
+
+class NotRunning(ContainerManagerError):
+    """The service is not started (or is stopping): its apps cannot be reached."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+def reconciler() -> Reconciler:
+    """This app's reconciler, or 503 while the service is not started."""
+    found: Reconciler | None = service.runtime().extras.get(RECONCILER)
+    if found is None:
+        raise NotRunning("container-manager is not running")
+    return found
+
+
+def store() -> AppStore:
+    """This app's app store, or 503 while the service is not started."""
+    found: AppStore | None = service.runtime().extras.get(APPS)
+    if found is None:
+        raise NotRunning("container-manager is not running")
+    return found
+
+
+def checked_name(name: str) -> str:
+    """The app name of the path, or 422 as for any invalid argument."""
+    if not APP_NAME_RE.match(name):
+        abort(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            message="Unprocessable Entity",
+            errors={"path": {"name": [f"not an app name: {NAME_ERROR}"]}},
+        )
+    return name
+
+
+def raw_spec() -> dict[str, Any]:
+    """The body as the user sent it (already validated by @blp.arguments), to be stored."""
+    body: dict[str, Any] = request.get_json()
+    return body
+
+
+@blp.route("/apps")
+class Apps(MethodView):
+    @blp.response(200, AppSchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List the apps: desired state against the engine's, per service."""
+        rec = reconciler()
+        return [rec.view(app) for app in store().all()]
+
+
+@blp.route("/apps/<name>")
+class AppResource(MethodView):
+    @blp.response(200, AppDetailSchema)
+    @blp.alt_response(404, description="No such app")
+    def get(self, name: str) -> dict[str, Any]:
+        """Show an app: its spec as given and, per service, desired against actual."""
+        app = store().get(checked_name(name))
+        if app is None:
+            raise NotFound(f"no app {name!r}")
+        return reconciler().view(app, detail=True)
+
+    @blp.arguments(AppSpecSchema)
+    @blp.arguments(ApplyArgs, location="query")
+    @blp.response(200, AppDetailSchema)
+    @blp.alt_response(201, schema=AppDetailSchema, description="The app is new")
+    @blp.alt_response(403, description="Denied by the security policy; errors.violations")
+    @blp.alt_response(409, description="A container in the way; errors.conflicts")
+    def put(
+        self, loaded: dict[str, Any], args: dict[str, Any], name: str
+    ) -> tuple[dict[str, Any], int]:
+        """Deploy an app: store its spec as the desired state; the reconciler converges.
+
+        Each service is checked against the security policy first (403 with every
+        violation, nothing stored). A container with a target name that PyEdge did not
+        create is a conflict (409) unless force=true, which removes it.
+        """
+        name = checked_name(name)
+        raw = raw_spec()
+        rec = reconciler()
+        policy = policy_of(service.runtime())
+        # Checked before anything reaches the engine, reads included.
+        violations = [v for vs in service_violations(policy, loaded).values() for v in vs]
+        if violations:
+            raise PolicyDenied(violations)
+        with rec.app_lock(name):
+            actual = rec.observe(name, loaded)
+            found = plan(name, raw, loaded, actual, policy, force=args["force"])
+            blocking = [c for c in found.conflicts if not (args["force"] and c["forceable"])]
+            if blocking:
+                reasons = "; ".join(
+                    f"{c.get('container') or c.get('network') or c.get('volume')}: {c['reason']}"
+                    for c in blocking
+                )
+                raise Conflict(f"in the way of app {name}: {reasons}", {"conflicts": blocking})
+            for conflict in found.conflicts:
+                if "id" in conflict:
+                    rec.remove_container(conflict["id"])
+            app, created = store().put(name, raw)
+        rec.wake.set()
+        status = HTTPStatus.CREATED if created else HTTPStatus.OK
+        return rec.view(app, detail=True), status
+
+    @blp.arguments(DeleteArgs, location="query")
+    @blp.response(204)
+    @blp.alt_response(404, description="No such app")
+    def delete(self, args: dict[str, Any], name: str) -> None:
+        """Remove an app: its containers and network; its volumes only with volumes=true."""
+        name = checked_name(name)
+        rec = reconciler()
+        with rec.app_lock(name):
+            if store().get(name) is None:
+                raise NotFound(f"no app {name!r}")
+            rec.delete(name, volumes=args["volumes"])
+            store().delete(name)
+            rec.forget(name)
+
+
+@blp.route("/apps/<name>/plan")
+class AppPlan(MethodView):
+    @blp.arguments(AppSpecSchema)
+    @blp.arguments(ApplyArgs, location="query")
+    @blp.response(200, PlanSchema)
+    def post(self, loaded: dict[str, Any], args: dict[str, Any], name: str) -> dict[str, Any]:
+        """Dry run: the steps applying a spec would take, its violations and conflicts."""
+        name = checked_name(name)
+        rec = reconciler()
+        found = plan(
+            name,
+            raw_spec(),
+            loaded,
+            rec.observe(name, loaded),
+            policy_of(service.runtime()),
+            force=args["force"],
+        )
+        return {
+            "app": name,
+            "steps": found.steps,
+            "violations": found.violations,
+            "conflicts": found.conflicts,
+        }

@@ -1,0 +1,292 @@
+"""The `pull` Task: pull an image, reporting per-layer progress and a total percent; abortable.
+
+The pull is one streamed engine call with no read timeout. To abort it, the stream's socket
+is shut down from the aborting thread, which wakes the read blocked on it; the engine then
+sees its client gone and cancels the pull.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import docker.auth
+import docker.errors
+import marshmallow as ma
+import requests
+import urllib3.exceptions
+
+from container_manager.engine import engine_of
+from container_manager.errors import ContainerManagerError, NotFound, translated
+from pyedge import OperationFailed, ServiceRuntime, Session
+
+# The reference grammar of github.com/distribution/reference (IPv6 hosts left out).
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+REF_RE = re.compile(
+    rf"^(?P<name>(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
+MAX_NAME_CHARS = 255
+PLATFORM_RE = re.compile(r"^[a-z0-9]+(?:/[a-z0-9_]+(?:/[a-z0-9]+)?)?$")
+DEFAULT_TAG = "latest"
+
+# Layer statuses after which the layer's download is complete.
+_DOWNLOADED = frozenset({"Verifying Checksum", "Download complete", "Extracting", "Pull complete"})
+# The engine's last line of a successful pull starts with this.
+_FINAL_PREFIX = "Status: "
+_DIGEST_PREFIX = "Digest: "
+
+# Where abort_pull finds a running pull's response: runtime.extras[PULL_STREAMS][id(session)].
+PULL_STREAMS = "pull_streams"
+# Guards the PULL_STREAMS dicts: a response is cut only while its pull owns the connection.
+_streams_lock = threading.Lock()
+
+
+class Reference(NamedTuple):
+    """An image reference split the way the engine's pull endpoint takes it."""
+
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def version(self) -> str:
+        """What the engine's `tag` parameter gets: the digest if any, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    @property
+    def local(self) -> str:
+        """The reference under which the pulled image is found locally."""
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag or DEFAULT_TAG}"
+
+
+def parse_ref(ref: str) -> Reference:
+    """Split `[host[:port]/]path[:tag][@digest]`; raises ValueError on a malformed ref."""
+    match = REF_RE.match(ref)
+    if match is None:
+        raise ValueError(
+            f"{ref!r} is not an image reference: [host[:port]/]name[:tag][@algorithm:hex], "
+            "the name in lowercase"
+        )
+    name = match["name"]
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"the repository name is longer than {MAX_NAME_CHARS} characters")
+    return Reference(name, match["tag"], match["digest"])
+
+
+def _validate_ref(ref: str) -> None:
+    try:
+        parse_ref(ref)
+    except ValueError as exc:
+        raise ma.ValidationError(str(exc)) from exc
+
+
+class PullParams(ma.Schema):
+    """Parameters of the pull Task."""
+
+    ref = ma.fields.String(
+        required=True,
+        validate=_validate_ref,
+        metadata={
+            "description": "image reference: [host[:port]/]name[:tag][@sha256:...]; "
+            "the tag defaults to latest; with a digest, the digest is pulled",
+            "example": "127.0.0.1:5000/pyedge/app:1.2",
+        },
+    )
+    platform = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.Regexp(PLATFORM_RE, error="not a platform: os[/arch[/variant]]"),
+        metadata={"description": "os[/arch[/variant]], e.g. linux/arm64 (default: the engine's)"},
+    )
+
+
+@dataclass
+class Progress:
+    """The engine's JSON progress lines folded into per-layer state and a total percent."""
+
+    # Layer id -> {status, current, total}; current and total are the layer's download bytes.
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = "starting"
+    digest: str | None = None
+    # The engine's closing "Status: ..." line arrived.
+    finished: bool = False
+
+    def feed(self, line: dict[str, Any]) -> str | None:
+        """Take one line; returns the line's text when it is about the whole pull."""
+        status = str(line.get("status") or "")
+        layer_id = line.get("id")
+        # "Pulling from <repo>" carries the tag as its id: it is not a layer.
+        if not layer_id or status.startswith("Pulling from"):
+            self.status = status
+            if status.startswith(_DIGEST_PREFIX):
+                self.digest = status.removeprefix(_DIGEST_PREFIX).strip()
+            elif status.startswith(_FINAL_PREFIX):
+                self.finished = True
+            return status
+        layer = self.layers.setdefault(layer_id, {"status": "", "current": None, "total": None})
+        layer["status"] = status
+        detail = line.get("progressDetail") or {}
+        if status == "Downloading":
+            layer["current"] = detail.get("current")
+            layer["total"] = detail.get("total") or layer["total"]
+        elif status in _DOWNLOADED and layer["total"] is not None:
+            layer["current"] = layer["total"]
+        return None
+
+    @property
+    def percent(self) -> float:
+        """Downloaded bytes over the total of every layer whose size is known; 100 when done."""
+        if self.finished:
+            return 100.0
+        sized = [layer for layer in self.layers.values() if layer["total"]]
+        total: int = sum(layer["total"] for layer in sized)
+        if not total:
+            return 0.0
+        current: int = sum(min(layer["current"] or 0, layer["total"]) for layer in sized)
+        return round(100.0 * current / total, 1)
+
+    def report(self) -> dict[str, Any]:
+        """The session data: copies, since the publisher reads them from another thread."""
+        return {
+            "layers": {key: dict(layer) for key, layer in self.layers.items()},
+            "percent": self.percent,
+            "status": self.status,
+        }
+
+
+def _open(
+    api: docker.APIClient, ref: Reference, platform: str | None
+) -> tuple[requests.Response, Iterator[dict[str, Any]]]:
+    """POST /images/create as APIClient.pull(stream=True) does, keeping the response.
+
+    APIClient.pull hides its response inside a generator, and a generator cannot be closed
+    from another thread while it reads: abort needs the response's socket.
+    """
+    registry, _ = docker.auth.resolve_repository_name(ref.repository)
+    headers = {}
+    auth_header = docker.auth.get_config_header(api, registry)
+    if auth_header:
+        headers["X-Registry-Auth"] = auth_header
+    params = {"fromImage": ref.repository, "tag": ref.version}
+    if platform:
+        params["platform"] = platform
+    response = api._post(
+        api._url("/images/create"), params=params, headers=headers, stream=True, timeout=None
+    )
+    api._raise_for_status(response)
+    return response, api._stream_helper(response, decode=True)
+
+
+def _translated_lines(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The stream's lines, its errors translated as the engine's calls are."""
+    with translated():
+        yield from lines
+
+
+def _cut(response: requests.Response) -> None:
+    """Shut the response's socket down: a read blocked on it returns, which close() alone
+    does not guarantee from another thread."""
+    try:
+        sock = response.raw._fp.fp.raw._sock
+    except AttributeError:
+        return  # already read to the end and closed: nothing left to interrupt
+    with contextlib.suppress(OSError):  # already shut down or disconnected
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _streams(runtime: ServiceRuntime) -> dict[int, requests.Response]:
+    streams: dict[int, requests.Response] = runtime.extras.setdefault(PULL_STREAMS, {})
+    return streams
+
+
+# Errors of a broken stream, as the engine's socket and docker-py's decoder raise them.
+_STREAM_ERRORS = (
+    ContainerManagerError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    docker.errors.StreamParseError,
+)
+
+
+def pull(session: Session, params: dict[str, Any]) -> str:
+    """Pull an image, reporting per-layer progress and a total percent; abort stops it."""
+    ref_text: str = params["ref"]
+    ref = parse_ref(ref_text)
+    platform: str | None = params["platform"]
+    engine = engine_of(session.context)
+    progress = Progress()
+    session.update(ref=ref_text, platform=platform, **progress.report())
+    if session.stop_requested.is_set():
+        return f"aborted pulling {ref_text} before it started"
+    try:
+        response, lines = engine.stream(lambda c: _open(c.api, ref, platform))
+    except ContainerManagerError as exc:
+        raise OperationFailed(f"pull {ref_text}: {exc}") from exc
+
+    streams = _streams(session.context)
+    with _streams_lock:
+        streams[id(session)] = response
+    error: str | None = None
+    try:
+        # An abort that came while the stream opened found nothing to cut.
+        if session.stop_requested.is_set():
+            _cut(response)
+        for line in _translated_lines(lines):
+            if session.stop_requested.is_set():
+                break  # the cut did not take (a transport without a socket): stop reading
+            if "error" in line:
+                error = str((line.get("errorDetail") or {}).get("message") or line["error"])
+                break
+            overall = progress.feed(line)
+            if overall:
+                session.log(overall)
+            session.update(**progress.report())
+    except _STREAM_ERRORS as exc:
+        if not session.stop_requested.is_set():
+            raise OperationFailed(f"pull {ref_text}: the engine's stream broke: {exc}") from exc
+    finally:
+        # Forgotten before closing: once released, the connection may serve another call.
+        with _streams_lock:
+            streams.pop(id(session), None)
+        response.close()
+
+    if session.stop_requested.is_set():
+        return f"aborted pulling {ref_text} at {progress.percent:g}%"
+    if error is not None:
+        raise OperationFailed(f"pull {ref_text}: {error}")
+    try:
+        image = engine.call(lambda c: c.api.inspect_image(ref.local))
+    except NotFound as exc:
+        # The stream ended cleanly but early (the engine went away between two lines).
+        raise OperationFailed(f"pull {ref_text}: the engine ended the pull unfinished") from exc
+    except ContainerManagerError as exc:
+        raise OperationFailed(f"pull {ref_text}: pulled, but inspecting it failed: {exc}") from exc
+    image_id: str = image["Id"]
+    progress.finished = True
+    session.update(
+        image_id=image_id,
+        digest=progress.digest or ref.digest,
+        **progress.report(),
+    )
+    return f"pulled {ref_text} ({image_id.removeprefix('sha256:')[:12]})"
+
+
+def abort_pull(session: Session) -> None:
+    """Cut the pull's stream: it has no read timeout, so a blocked read must be woken."""
+    with _streams_lock:
+        response = _streams(session.context).get(id(session))
+        if response is not None:
+            _cut(response)

@@ -1,0 +1,520 @@
+"""Apps against a real engine: apply, self-healing, crash-loop backoff, plan, policy, delete."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import docker
+import pytest
+from flask.testing import FlaskClient
+
+from edge_server import create_app
+from tests.containers.conftest import API, run_spec
+from tests.docker_engine import DockerEngine
+
+# Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the SIGKILL).
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+def until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def shop_spec() -> dict[str, Any]:
+    """Two services: web depends on db; db keeps its data in a named volume."""
+    return {
+        "services": {
+            # Listed before its dependency on purpose: the order must come from depends_on.
+            "web": run_spec(command=SLEEPER, depends_on=["db"], environment={"DB_HOST": "db"}),
+            "db": run_spec(
+                command=["sh", "-c", "echo started >> /data/log; " + SLEEPER[2]],
+                volumes=["data:/data"],
+            ),
+        }
+    }
+
+
+def app_view(client: FlaskClient, name: str) -> dict[str, Any]:
+    """GET /apps/<name>, which must answer 200."""
+    response = client.get(f"{API}/apps/{name}")
+    assert response.status_code == 200, response.get_json()
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def running(client: FlaskClient, name: str) -> dict[str, Any] | None:
+    """The app's view once every service is running, else None."""
+    view = app_view(client, name)
+    return view if view["status"] == "running" else None
+
+
+def deploy(client: FlaskClient, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """PUT an app and wait until it runs; its view."""
+    response = client.put(f"{API}/apps/{name}", json=spec)
+    assert response.status_code in (200, 201), response.get_json()
+    view: dict[str, Any] = until(lambda: running(client, name), what=f"app {name} running")
+    return view
+
+
+def app_containers(docker_client: docker.DockerClient, name: str) -> list[Any]:
+    """The engine's containers labelled as the app's."""
+    return docker_client.containers.list(all=True, filters={"label": f"pyedge.app={name}"})
+
+
+def test_apply_two_services(cm_client: FlaskClient, docker_client: docker.DockerClient) -> None:
+    spec = shop_spec()
+    response = cm_client.put(f"{API}/apps/shop", json=spec)
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["name"] == "shop"
+    assert body["generation"] == 1
+    # As sent, no defaults filled in; environment values redacted (they hold secrets).
+    web = {**spec["services"]["web"], "environment": {"DB_HOST": "<redacted>"}}
+    assert body["spec"] == {"services": {**spec["services"], "web": web}}
+
+    view = until(lambda: running(cm_client, "shop"), what="shop running")
+    assert "DB_HOST=db" in docker_client.containers.get("shop-web").attrs["Config"]["Env"]
+    for service in ("web", "db"):
+        state = view["services"][service]
+        assert state["state"] == "running"
+        assert state["status"] == "running"
+        assert state["up_to_date"] is True
+        assert state["desired_image"] == "pyedge-test/busybox:latest"
+        assert state["image"] == "pyedge-test/busybox:latest"
+        assert state["restart_count"] == 0
+        assert state["container_name"] == f"shop-{service}"
+
+    web = docker_client.containers.get("shop-web")
+    db = docker_client.containers.get("shop-db")
+    for container, service in ((web, "web"), (db, "db")):
+        labels = container.labels
+        assert labels["pyedge.managed"] == "true"
+        assert labels["pyedge.app"] == "shop"
+        assert labels["pyedge.service"] == service
+        assert len(labels["pyedge.spec-hash"]) == 16
+        # The reconciler restarts, with backoff; the engine must not race it.
+        assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+        assert container.id == view["services"][service]["container_id"]
+    assert db.attrs["Created"] <= web.attrs["Created"], "db (a dependency) comes first"
+
+    network = docker_client.networks.get("pyedge-shop")
+    assert network.attrs["Labels"] == {"pyedge.managed": "true", "pyedge.app": "shop"}
+    endpoint = web.attrs["NetworkSettings"]["Networks"]["pyedge-shop"]
+    assert "web" in endpoint["Aliases"], "services reach each other by name"
+
+    volume = docker_client.volumes.get("shop_data")
+    assert volume.attrs["Labels"] == {"pyedge.managed": "true", "pyedge.app": "shop"}
+    mounts = {m["Destination"]: m for m in db.attrs["Mounts"]}
+    assert mounts["/data"]["Name"] == "shop_data"
+
+    listed = cm_client.get(f"{API}/apps").get_json()
+    assert [app["name"] for app in listed] == ["shop"]
+    assert listed[0]["status"] == "running"
+    assert "spec" not in listed[0]
+
+    # The same spec again changes nothing: no new generation, same containers.
+    again = cm_client.put(f"{API}/apps/shop", json=spec)
+    assert again.status_code == 200
+    assert again.get_json()["generation"] == 1
+    assert docker_client.containers.get("shop-web").id == web.id
+
+
+def test_killed_container_comes_back(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    view = deploy(cm_client, "shop", shop_spec())
+    web_id = view["services"]["web"]["container_id"]
+
+    docker_client.containers.get("shop-web").kill()
+
+    def restarted() -> dict[str, Any] | None:
+        state = app_view(cm_client, "shop")["services"]["web"]
+        return state if state["restart_count"] >= 1 and state["state"] == "running" else None
+
+    state = until(restarted, timeout=15, what="web restarted by the reconciler")
+    assert state["container_id"] == web_id, "restarted, not recreated"
+    assert docker_client.containers.get("shop-web").status == "running"
+    session = cm_client.get(f"{API}/ops/reconcile").get_json()
+    assert session["state"] == "running"
+
+
+def test_crash_loop_backs_off_and_degrades(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    spec = {"services": {"crash": run_spec(command=["sh", "-c", "exit 3"], restart="always")}}
+    assert cm_client.put(f"{API}/apps/loop", json=spec).status_code == 201
+    seen: list[tuple[int, float]] = []
+
+    def degraded() -> dict[str, Any] | None:
+        state = app_view(cm_client, "loop")["services"]["crash"]
+        if state["failures"]:
+            seen.append((state["failures"], state["backoff"]))
+        return state if state["status"] == "degraded" else None
+
+    state = until(degraded, timeout=30, what="the crash-looping service degraded")
+    assert state["failures"] >= 3
+    assert state["exit_code"] == 3
+    # Each crash doubles the wait: 1 s, 2 s, 4 s, ...
+    assert all(backoff == 2.0 ** (failures - 1) for failures, backoff in seen), seen
+    assert {1, 2, 3} <= {failures for failures, _ in seen}, seen
+    assert state["restart_count"] >= 2
+
+    view = app_view(cm_client, "loop")
+    assert view["status"] == "degraded"
+
+    health = cm_client.get("/api/health")
+    assert health.status_code == 503
+    service_health = health.get_json()["services"]["container-manager"]
+    assert service_health["status"] == "degraded"
+    assert "loop/crash" in service_health["detail"]
+
+    def reported() -> dict[str, Any] | None:
+        data = cm_client.get(f"{API}/ops/reconcile").get_json()["data"]
+        app = data.get("apps", {}).get("loop")
+        return app if app and app["degraded"] == ["crash"] else None
+
+    app = until(reported, what="the session reporting the degraded service")
+    assert app["status"] == "degraded"
+
+
+def test_one_shot_service_is_not_restarted(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    spec = {"services": {"job": run_spec(command=["true"], restart="on-failure")}}
+    assert cm_client.put(f"{API}/apps/batch", json=spec).status_code == 201
+
+    def stopped() -> dict[str, Any] | None:
+        view = app_view(cm_client, "batch")
+        return view if view["status"] == "stopped" else None
+
+    view = until(stopped, what="the one-shot app stopped")
+    state = view["services"]["job"]
+    assert state["status"] == "exited"
+    assert state["exit_code"] == 0
+    assert state["restart_count"] == 0
+
+
+def test_plan_lists_recreate_for_the_changed_service_only(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    fresh = cm_client.post(f"{API}/apps/shop/plan", json=shop_spec())
+    assert fresh.status_code == 200, fresh.get_json()
+    steps = fresh.get_json()["steps"]
+    targets = [s.get("service") or s.get("network") or s.get("volume") for s in steps]
+    assert list(zip((s["action"] for s in steps), targets, strict=True)) == [
+        ("create_network", "pyedge-shop"),
+        ("create_volume", "shop_data"),
+        ("create", "db"),
+        ("create", "web"),
+    ]
+    assert app_containers(docker_client, "shop") == [], "a plan changes nothing"
+
+    view = deploy(cm_client, "shop", shop_spec())
+    ids = {name: state["container_id"] for name, state in view["services"].items()}
+
+    changed = shop_spec()
+    changed["services"]["web"]["environment"] = {"DB_HOST": "db", "MODE": "test"}
+    response = cm_client.post(f"{API}/apps/shop/plan", json=changed)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["app"] == "shop"
+    assert body["violations"] == []
+    assert body["conflicts"] == []
+    assert [(s["action"], s["service"]) for s in body["steps"]] == [("recreate", "web")]
+    assert body["steps"][0]["reason"] == "the spec changed"
+
+    after = app_view(cm_client, "shop")
+    assert after["generation"] == 1
+    assert after["spec"]["services"]["web"]["environment"] == {"DB_HOST": "<redacted>"}
+    assert {name: s["container_id"] for name, s in after["services"].items()} == ids
+
+    # Applied, it recreates web alone.
+    assert cm_client.put(f"{API}/apps/shop", json=changed).status_code == 200
+
+    def recreated() -> dict[str, Any] | None:
+        view = running(cm_client, "shop")
+        ok = view and view["services"]["web"]["container_id"] != ids["web"]
+        return view if ok else None
+
+    view = until(recreated, what="web recreated")
+    assert view["generation"] == 2
+    assert view["services"]["db"]["container_id"] == ids["db"]
+    env = docker_client.containers.get("shop-web").attrs["Config"]["Env"]
+    assert "MODE=test" in env
+
+
+def test_service_dropped_from_the_spec_is_removed(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    view = deploy(cm_client, "shop", shop_spec())
+    smaller = shop_spec()
+    del smaller["services"]["web"]
+
+    plan = cm_client.post(f"{API}/apps/shop/plan", json=smaller).get_json()
+    assert [(s["action"], s["container"]) for s in plan["steps"]] == [("remove", "shop-web")]
+
+    assert cm_client.put(f"{API}/apps/shop", json=smaller).status_code == 200
+    until(
+        lambda: [c.name for c in app_containers(docker_client, "shop")] == ["shop-db"],
+        what="shop-web removed",
+    )
+    after = until(lambda: running(cm_client, "shop"), what="shop running")
+    assert list(after["services"]) == ["db"]
+    assert after["services"]["db"]["container_id"] == view["services"]["db"]["container_id"]
+
+
+def test_denied_spec_is_listed_by_plan_and_refused_by_put(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    spec = {
+        "services": {
+            "root": run_spec(command=SLEEPER, privileged=True),
+            "etc": run_spec(command=SLEEPER, volumes=["/etc:/host-etc:ro"]),
+            "fine": run_spec(command=SLEEPER),
+        }
+    }
+    response = cm_client.post(f"{API}/apps/bad/plan", json=spec)
+    assert response.status_code == 200
+    fields = {v["field"] for v in response.get_json()["violations"]}
+    assert fields == {"services.root.privileged", "services.etc.volumes"}
+
+    response = cm_client.put(f"{API}/apps/bad", json=spec)
+    assert response.status_code == 403
+    body = response.get_json()
+    assert {v["field"] for v in body["errors"]["violations"]} == fields
+    assert "privileged" in body["message"]
+
+    assert cm_client.get(f"{API}/apps/bad").status_code == 404
+    assert cm_client.get(f"{API}/apps").get_json() == []
+    assert docker_client.containers.list(all=True) == []
+    assert [n.name for n in docker_client.networks.list(names=["pyedge-bad"])] == []
+
+
+def test_stored_spec_the_policy_now_denies_is_not_run(
+    cm_config: dict[str, Any], cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    # Stored by a node whose settings granted privileged containers, on the same data dir.
+    granting = create_app(
+        {
+            **cm_config,
+            "EDGE_NODE_ID": f"{cm_config['EDGE_NODE_ID']}-granting",
+            "EDGE_CONTAINER_MANAGER_ALLOW_PRIVILEGED": True,
+            "EDGE_CONTAINER_MANAGER_RECONCILE_AUTOSTART": False,
+        }
+    )
+    try:
+        spec = {"services": {"main": run_spec(command=SLEEPER, privileged=True)}}
+        response = granting.test_client().put(f"{API}/apps/root", json=spec)
+        assert response.status_code == 201, response.get_json()
+    finally:
+        granting.extensions["pyedge"].close()
+
+    # This node's policy denies it: the reconciler creates nothing and says why.
+    def denied() -> dict[str, Any] | None:
+        view = app_view(cm_client, "root")
+        last_error = view["services"]["main"]["last_error"] or ""
+        return view if "denied by the security policy" in last_error else None
+
+    view = until(denied, what="the reconciler refusing the stored spec")
+    assert view["status"] == "degraded"
+    assert view["services"]["main"]["status"] == "denied"
+    assert docker_client.containers.list(all=True) == []
+    health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
+    assert health["status"] == "degraded"
+    assert "root/main" in health["detail"]
+
+
+def test_unmanaged_container_conflicts_unless_forced(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    theirs = docker_client.containers.run(
+        "pyedge-test/busybox:latest", SLEEPER, name="solo-main", detach=True
+    )
+    spec = {"services": {"main": run_spec(command=SLEEPER)}}
+
+    plan = cm_client.post(f"{API}/apps/solo/plan", json=spec).get_json()
+    assert [c["container"] for c in plan["conflicts"]] == ["solo-main"]
+    assert plan["conflicts"][0]["forceable"] is True
+    assert [s["action"] for s in plan["steps"]] == ["create_network"]
+
+    response = cm_client.put(f"{API}/apps/solo", json=spec)
+    assert response.status_code == 409
+    conflicts = response.get_json()["errors"]["conflicts"]
+    assert [(c["container"], c["id"]) for c in conflicts] == [("solo-main", theirs.id)]
+    assert cm_client.get(f"{API}/apps/solo").status_code == 404
+    theirs.reload()
+    assert theirs.status == "running", "a container PyEdge did not create is left alone"
+
+    forced = cm_client.post(f"{API}/apps/solo/plan?force=true", json=spec).get_json()
+    assert [(s["action"], s.get("container")) for s in forced["steps"]] == [
+        ("create_network", None),
+        ("recreate", "solo-main"),
+    ]
+
+    response = cm_client.put(f"{API}/apps/solo?force=true", json=spec)
+    assert response.status_code == 201, response.get_json()
+    view = until(lambda: running(cm_client, "solo"), what="solo running")
+    ours = docker_client.containers.get("solo-main")
+    assert ours.id != theirs.id
+    assert ours.labels["pyedge.app"] == "solo"
+    assert view["services"]["main"]["container_id"] == ours.id
+
+
+def test_container_of_another_app_is_never_forced(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    # a + b-c and a-b + c both name their container a-b-c.
+    deploy(cm_client, "a", {"services": {"b-c": run_spec(command=SLEEPER)}})
+    response = cm_client.put(
+        f"{API}/apps/a-b?force=true", json={"services": {"c": run_spec(command=SLEEPER)}}
+    )
+    assert response.status_code == 409
+    conflict = response.get_json()["errors"]["conflicts"][0]
+    assert conflict["forceable"] is False
+    assert conflict["reason"] == "it belongs to app 'a'"
+
+
+def test_delete_keeps_volumes_unless_asked(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    deploy(cm_client, "shop", shop_spec())
+
+    response = cm_client.delete(f"{API}/apps/shop")
+    assert response.status_code == 204
+    assert app_containers(docker_client, "shop") == []
+    assert docker_client.networks.list(names=["pyedge-shop"]) == []
+    assert docker_client.volumes.get("shop_data").name == "shop_data"
+    assert cm_client.get(f"{API}/apps/shop").status_code == 404
+    assert cm_client.get(f"{API}/apps").get_json() == []
+    assert cm_client.delete(f"{API}/apps/shop").status_code == 404
+
+    # Deployed again, db finds its data: its log has a line from each run.
+    deploy(cm_client, "shop", shop_spec())
+    log = docker_client.containers.get("shop-db").exec_run(["cat", "/data/log"]).output
+    assert log.decode().split() == ["started", "started"]
+
+    assert cm_client.delete(f"{API}/apps/shop?volumes=true").status_code == 204
+    assert [v.name for v in docker_client.volumes.list()] == []
+    assert app_containers(docker_client, "shop") == []
+
+
+def _cycle() -> dict[str, Any]:
+    return {
+        "services": {
+            "a": run_spec(depends_on=["b"]),
+            "b": run_spec(depends_on=["c"]),
+            "c": run_spec(depends_on=["a"]),
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "where"),
+    [
+        ("ok", _cycle(), "dependency cycle: a -> b -> c -> a"),
+        ("ok", {"services": {"a": run_spec(depends_on=["a"])}}, "dependency cycle: a -> a"),
+        ("ok", {"services": {"a": run_spec(depends_on=["nope"])}}, "'nope' is not a service"),
+        ("Bad_Name", {"services": {"a": run_spec()}}, "not an app name"),
+        ("ok", {"services": {"Web": run_spec()}}, "lowercase letters"),
+        ("ok", {"services": {}}, "at least one service"),
+        ("ok", {"services": {"a": run_spec(build=".")}}, "Unknown field"),
+        ("ok", {"services": {"a": {"command": "true"}}}, "required"),
+    ],
+)
+def test_invalid_specs_are_422(
+    cm_client: FlaskClient,
+    docker_client: docker.DockerClient,
+    name: str,
+    spec: dict[str, Any],
+    where: str,
+) -> None:
+    for response in (
+        cm_client.put(f"{API}/apps/{name}", json=spec),
+        cm_client.post(f"{API}/apps/{name}/plan", json=spec),
+    ):
+        assert response.status_code == 422, response.get_json()
+        assert where in str(response.get_json()["errors"])
+    assert cm_client.get(f"{API}/apps").get_json() == []
+    assert docker_client.containers.list(all=True) == []
+
+
+def test_reconciler_survives_store_changes_and_stops_cleanly(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    one = {"services": {"main": run_spec(command=SLEEPER)}}
+    assert cm_client.put(f"{API}/apps/one", json=one).status_code == 201
+    changed = copy.deepcopy(one)
+    changed["services"]["main"]["environment"] = {"V": "2"}
+    # Changed, added and removed while passes run: each lands between two steps.
+    assert cm_client.put(f"{API}/apps/one", json=changed).status_code == 200
+    assert cm_client.put(f"{API}/apps/two", json=one).status_code == 201
+    assert cm_client.delete(f"{API}/apps/one").status_code == 204
+    assert cm_client.put(f"{API}/apps/one", json=changed).status_code == 201
+
+    until(lambda: running(cm_client, "one") and running(cm_client, "two"), what="both running")
+    assert "V=2" in docker_client.containers.get("one-main").attrs["Config"]["Env"]
+    assert len(docker_client.containers.list(all=True)) == 2, "nothing left over"
+    session = cm_client.get(f"{API}/ops/reconcile").get_json()
+    assert session["state"] == "running"
+
+    def reported() -> dict[str, Any] | None:
+        apps: dict[str, Any] | None = (
+            cm_client.get(f"{API}/ops/reconcile").get_json()["data"].get("apps")
+        )
+        return apps if apps and set(apps) == {"one", "two"} else None
+
+    until(reported, what="both apps reported by the session")
+
+    stopped = cm_client.post(f"{API}/ops/reconcile/stop")
+    assert stopped.status_code == 200
+    done = cm_client.post(f"{API}/ops/reconcile/wait?timeout=20").get_json()
+    assert done["state"] == "done"
+    assert done["success"] is True
+    health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
+    assert "reconcile" not in health["detail"]
+
+    # Started again, it restarts what died while it was stopped.
+    docker_client.containers.get("two-main").kill()
+    assert cm_client.post(f"{API}/ops/reconcile/start", json={}).status_code == 202
+    until(lambda: running(cm_client, "two"), what="two restarted after the reconciler's restart")
+
+
+def test_reconciler_waits_out_the_engine(
+    cm_client: FlaskClient, docker_client: docker.DockerClient, docker_engine: DockerEngine
+) -> None:
+    deploy(cm_client, "shop", shop_spec())
+    docker_engine.stop()
+    try:
+
+        def failing() -> bool:
+            messages = cm_client.get(f"{API}/ops/reconcile").get_json()["messages"]
+            return any("pass failed" in m["text"] for m in messages)
+
+        until(failing, what="a pass failing on the missing engine")
+        health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
+        assert health["status"] == "degraded"
+        assert cm_client.get(f"{API}/ops/reconcile").get_json()["state"] == "running"
+    finally:
+        docker_engine.start()
+    # The engine stopped the containers with it; the reconciler starts them again.
+    view = until(lambda: running(cm_client, "shop"), timeout=30, what="shop back")
+    assert all(s["restart_count"] >= 1 for s in view["services"].values())
+
+    def recovered() -> dict[str, Any] | None:
+        session: dict[str, Any] = cm_client.get(f"{API}/ops/reconcile").get_json()
+        ok = any("succeed again" in m["text"] for m in session["messages"])
+        return session if ok else None
+
+    # The pass that started the containers says so when it ends, maybe after this GET.
+    assert until(recovered, what="the session noting the recovery")["state"] == "running"
