@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from edge_server import create_app
 from edge_server.broker import Mosquitto
 from edge_server.config import REPO_MQTT_CONFIG
+from tests.docker_engine import DockerEngine
 from tests.mqtt_recorder import MqttRecorder
 
 
@@ -52,6 +53,18 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     mosquitto.start()
     yield Broker("127.0.0.1", port)
     mosquitto.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A real dockerd on its own socket, with the busybox test image built locally."""
+    engine = DockerEngine()
+    try:
+        engine.start()
+        engine.build_busybox()
+        yield engine
+    finally:
+        engine.remove()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 from edge_server import broker, cli
 from edge_server.broker import port_open
 from tests.conftest import free_port
+from tests.docker_engine import TEST_IMAGE, DockerEngine
 from tests.mqtt_recorder import MqttRecorder
 
 PYEDGE = str(Path(sys.executable).parent / "pyedge")
@@ -109,8 +110,9 @@ def gunicorn_worker(node: Node) -> int:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    node = start_node(tmp_path)
+def node(tmp_path: Path, docker_engine: DockerEngine) -> Iterator[Node]:
+    # DOCKER_HOST, as a machine's environment would give it (docker-py's from_env reads it).
+    node = start_node(tmp_path, DOCKER_HOST=docker_engine.url)
     yield node
     if node.process.poll() is None:
         node.process.terminate()  # lets it stop its broker; kill only if that hangs
@@ -119,6 +121,19 @@ def node(tmp_path: Path) -> Iterator[Node]:
         except subprocess.TimeoutExpired:
             node.process.kill()
             node.process.wait()
+
+
+def test_run_lists_the_engines_containers(node: Node, docker_engine: DockerEngine) -> None:
+    wait_ready(node)
+    client = docker_engine.client()
+    container = client.containers.run(TEST_IMAGE, ["sleep", "60"], name="run-seen", detach=True)
+    try:
+        status, listed = request(node.url("/api/container-manager/containers"))
+        assert status == 200
+        assert "run-seen" in [c["name"] for c in listed]
+    finally:
+        container.remove(force=True)
+        client.close()
 
 
 def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> None:
@@ -150,7 +165,9 @@ def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> Non
     node.process.send_signal(signal.SIGTERM)
     assert node.process.wait(timeout=20) == 0
     output = node.process.stdout.read()  # type: ignore[union-attr]
-    assert "services stopped: custom-service" in output
+    stopped = next(line for line in output.splitlines() if "services stopped:" in line)
+    assert "custom-service" in stopped
+    assert "container-manager" in stopped
     assert not port_open("127.0.0.1", node.mqtt_port), "Mosquitto left running"
     assert not port_open("127.0.0.1", node.http_port)
 

@@ -4,7 +4,10 @@
 #   tools/setup.sh [all|run|test|venv]
 #
 #   run                       Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
-#   test, all (default)       the same, and Chromium for the browser tests
+#   test, all (default)       the same, Chromium for the browser tests, and for the
+#                             container-manager's tests a Docker engine (docker.io), a local
+#                             registry (docker-registry) and a static busybox (busybox-static);
+#                             the tests start their own dockerd and registry on their own sockets
 #   venv                      only the Python part (what `make lint` and `make format` need)
 #
 # Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
@@ -205,6 +208,52 @@ setup_chromium() {
     say "chromium: $found"
 }
 
+setup_docker_for_tests() {
+    # The container-manager's tests run a real dockerd and a real registry of their own
+    # (on their own socket and port), and build their image from a static busybox.
+    local missing=()
+    find_program dockerd >/dev/null || missing+=(docker.io)
+    find_program docker-registry >/dev/null || missing+=(docker-registry)
+    if ! busybox_static >/dev/null; then
+        missing+=(busybox-static)
+    fi
+    if (( ${#missing[@]} == 0 )); then
+        say "dockerd: $(find_program dockerd), docker-registry: $(find_program docker-registry)," \
+            "busybox: $(busybox_static)"
+        return 0
+    fi
+    if ! apt_allowed; then
+        die "the container-manager tests need: ${missing[*]}: sudo apt-get install" \
+            "${missing[*]}  (then run this again) [no apt: $APT_WHY_NOT]"
+    fi
+    local had_registry=0
+    find_program docker-registry >/dev/null && had_registry=1
+    say "installing for the container-manager tests: ${missing[*]}"
+    apt_install "${missing[@]}"
+    find_program dockerd >/dev/null || die "dockerd is still not found after installing docker.io"
+    busybox_static >/dev/null || die "no static busybox after installing busybox-static"
+    # Debian's registry package starts a registry with a password file on port 5000; we
+    # installed it only for the tests' own registry, so its service goes off again.
+    if (( ! had_registry )) && command -v systemctl >/dev/null 2>&1 \
+            && systemctl is-enabled --quiet docker-registry 2>/dev/null; then
+        say "turning off the system registry the package started (docker-registry, port 5000)"
+        ${APT_SUDO[@]+"${APT_SUDO[@]}"} systemctl disable --now docker-registry \
+            || say "note: could not stop it; run: sudo systemctl disable --now docker-registry"
+    fi
+}
+
+busybox_static() {
+    # A dynamically linked busybox would need the host's libc inside the test image.
+    local candidate
+    for candidate in /bin/busybox /usr/bin/busybox; do
+        if [[ -x "$candidate" ]] && ! ldd "$candidate" >/dev/null 2>&1; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
 # --- main --------------------------------------------------------------------------------
 
 main() {
@@ -223,6 +272,7 @@ main() {
     fi
     if [[ "$what" == test || "$what" == all ]]; then
         setup_chromium
+        setup_docker_for_tests
     fi
     say "ready ($what)"
 }

@@ -22,18 +22,6 @@ API = "/api/container-manager"
 DEFAULT_NETWORKS = {"bridge", "host", "none"}
 
 
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[DockerEngine]:
-    """A real dockerd on its own socket, with the busybox test image built locally."""
-    engine = DockerEngine()
-    try:
-        engine.start()
-        engine.build_busybox()
-        yield engine
-    finally:
-        engine.remove()
-
-
 @pytest.fixture
 def docker_client(docker_engine: DockerEngine) -> Iterator[docker.DockerClient]:
     """A docker-py client of the test engine; removes what the test left behind."""
