@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from bench import api, bus, device, memory
+from bench import api, bus, containers, device, memory
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,13 @@ def main() -> None:
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     results: list[dict[str, Any]] = []
-    for result in (api.run(scale), bus.run(scale), memory.run(), device.run(scale)):
+    for result in (
+        api.run(scale),
+        bus.run(scale),
+        memory.run(),
+        device.run(scale),
+        containers.run(scale),
+    ):
         # A benchmark returns one result or a list of them.
         results.extend(result if isinstance(result, list) else [result])
     if args.json:
