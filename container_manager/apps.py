@@ -25,6 +25,7 @@ from container_manager.containers import APP_LABEL, SERVICE_LABEL, is_true
 from container_manager.errors import ContainerManagerError
 from container_manager.policy import SYSTEM_LABEL, Policy
 from container_manager.specs import spec_hash
+from pyedge.sqlite import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -174,19 +175,10 @@ class AppStore:
         """The lock; for a write, a transaction; any SQLite error becomes an AppStoreError."""
         with self._lock:
             try:
-                if write:
-                    self._db.execute("BEGIN IMMEDIATE")
-                yield
-                if write:
-                    self._db.execute("COMMIT")
+                with transaction(self._db, write):
+                    yield
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 raise AppStoreError(f"app store {self.path}: {exc}") from exc
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
 
 
 def _app(row: tuple[str, str, int, str]) -> StoredApp:

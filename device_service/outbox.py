@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pyedge import PyEdgeError
+from pyedge.sqlite import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -282,14 +283,9 @@ class Outbox:
             try:
                 if relaxed:
                     self._db.execute("PRAGMA synchronous=NORMAL")
-                if write:
-                    self._db.execute("BEGIN IMMEDIATE")
-                yield
-                if write:
-                    self._db.execute("COMMIT")
+                with transaction(self._db, write):
+                    yield
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
                 with suppress(sqlite3.Error):
                     self._depth = self._scalar("SELECT COUNT(*) FROM outbox")
                 raise OutboxError(f"outbox {self.path}: {exc}") from exc

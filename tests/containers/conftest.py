@@ -94,9 +94,10 @@ def cm_server(cm_app: Flask) -> Iterator[LiveServer]:
     yield LiveServer(f"http://127.0.0.1:{server.server_port}")
     server.shutdown()
     thread.join(5)
+    server.server_close()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

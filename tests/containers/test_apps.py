@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -12,23 +10,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from edge_server import create_app
-from tests.containers.conftest import API, run_spec
+from tests.containers.conftest import API, run_spec, wait_for
 from tests.docker_engine import DockerEngine
 
 # Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the SIGKILL).
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-
-
-def until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def shop_spec() -> dict[str, Any]:
@@ -63,7 +49,7 @@ def deploy(client: FlaskClient, name: str, spec: dict[str, Any]) -> dict[str, An
     """PUT an app and wait until it runs; its view."""
     response = client.put(f"{API}/apps/{name}", json=spec)
     assert response.status_code in (200, 201), response.get_json()
-    view: dict[str, Any] = until(lambda: running(client, name), what=f"app {name} running")
+    view: dict[str, Any] = wait_for(lambda: running(client, name), what=f"app {name} running")
     return view
 
 
@@ -83,7 +69,7 @@ def test_apply_two_services(cm_client: FlaskClient, docker_client: docker.Docker
     web = {**spec["services"]["web"], "environment": {"DB_HOST": "<redacted>"}}
     assert body["spec"] == {"services": {**spec["services"], "web": web}}
 
-    view = until(lambda: running(cm_client, "shop"), what="shop running")
+    view = wait_for(lambda: running(cm_client, "shop"), what="shop running")
     assert "DB_HOST=db" in docker_client.containers.get("shop-web").attrs["Config"]["Env"]
     for service in ("web", "db"):
         state = view["services"][service]
@@ -142,7 +128,7 @@ def test_killed_container_comes_back(
         state = app_view(cm_client, "shop")["services"]["web"]
         return state if state["restart_count"] >= 1 and state["state"] == "running" else None
 
-    state = until(restarted, timeout=15, what="web restarted by the reconciler")
+    state = wait_for(restarted, timeout=15, what="web restarted by the reconciler")
     assert state["container_id"] == web_id, "restarted, not recreated"
     assert docker_client.containers.get("shop-web").status == "running"
     session = cm_client.get(f"{API}/ops/reconcile").get_json()
@@ -162,7 +148,7 @@ def test_crash_loop_backs_off_and_degrades(
             seen.append((state["failures"], state["backoff"]))
         return state if state["status"] == "degraded" else None
 
-    state = until(degraded, timeout=30, what="the crash-looping service degraded")
+    state = wait_for(degraded, timeout=30, what="the crash-looping service degraded")
     assert state["failures"] >= 3
     assert state["exit_code"] == 3
     # Each crash doubles the wait: 1 s, 2 s, 4 s, ...
@@ -184,7 +170,7 @@ def test_crash_loop_backs_off_and_degrades(
         app = data.get("apps", {}).get("loop")
         return app if app and app["degraded"] == ["crash"] else None
 
-    app = until(reported, what="the session reporting the degraded service")
+    app = wait_for(reported, what="the session reporting the degraded service")
     assert app["status"] == "degraded"
 
 
@@ -198,7 +184,7 @@ def test_one_shot_service_is_not_restarted(
         view = app_view(cm_client, "batch")
         return view if view["status"] == "stopped" else None
 
-    view = until(stopped, what="the one-shot app stopped")
+    view = wait_for(stopped, what="the one-shot app stopped")
     state = view["services"]["job"]
     assert state["status"] == "exited"
     assert state["exit_code"] == 0
@@ -247,7 +233,7 @@ def test_plan_lists_recreate_for_the_changed_service_only(
         ok = view and view["services"]["web"]["container_id"] != ids["web"]
         return view if ok else None
 
-    view = until(recreated, what="web recreated")
+    view = wait_for(recreated, what="web recreated")
     assert view["generation"] == 2
     assert view["services"]["db"]["container_id"] == ids["db"]
     env = docker_client.containers.get("shop-web").attrs["Config"]["Env"]
@@ -265,11 +251,11 @@ def test_service_dropped_from_the_spec_is_removed(
     assert [(s["action"], s["container"]) for s in plan["steps"]] == [("remove", "shop-web")]
 
     assert cm_client.put(f"{API}/apps/shop", json=smaller).status_code == 200
-    until(
+    wait_for(
         lambda: [c.name for c in app_containers(docker_client, "shop")] == ["shop-db"],
         what="shop-web removed",
     )
-    after = until(lambda: running(cm_client, "shop"), what="shop running")
+    after = wait_for(lambda: running(cm_client, "shop"), what="shop running")
     assert list(after["services"]) == ["db"]
     assert after["services"]["db"]["container_id"] == view["services"]["db"]["container_id"]
 
@@ -326,7 +312,7 @@ def test_stored_spec_the_policy_now_denies_is_not_run(
         last_error = view["services"]["main"]["last_error"] or ""
         return view if "denied by the security policy" in last_error else None
 
-    view = until(denied, what="the reconciler refusing the stored spec")
+    view = wait_for(denied, what="the reconciler refusing the stored spec")
     assert view["status"] == "degraded"
     assert view["services"]["main"]["status"] == "denied"
     assert docker_client.containers.list(all=True) == []
@@ -364,7 +350,7 @@ def test_unmanaged_container_conflicts_unless_forced(
 
     response = cm_client.put(f"{API}/apps/solo?force=true", json=spec)
     assert response.status_code == 201, response.get_json()
-    view = until(lambda: running(cm_client, "solo"), what="solo running")
+    view = wait_for(lambda: running(cm_client, "solo"), what="solo running")
     ours = docker_client.containers.get("solo-main")
     assert ours.id != theirs.id
     assert ours.labels["pyedge.app"] == "solo"
@@ -462,7 +448,7 @@ def test_reconciler_survives_store_changes_and_stops_cleanly(
     assert cm_client.delete(f"{API}/apps/one").status_code == 204
     assert cm_client.put(f"{API}/apps/one", json=changed).status_code == 201
 
-    until(lambda: running(cm_client, "one") and running(cm_client, "two"), what="both running")
+    wait_for(lambda: running(cm_client, "one") and running(cm_client, "two"), what="both running")
     assert "V=2" in docker_client.containers.get("one-main").attrs["Config"]["Env"]
     assert len(docker_client.containers.list(all=True)) == 2, "nothing left over"
     session = cm_client.get(f"{API}/ops/reconcile").get_json()
@@ -474,7 +460,7 @@ def test_reconciler_survives_store_changes_and_stops_cleanly(
         )
         return apps if apps and set(apps) == {"one", "two"} else None
 
-    until(reported, what="both apps reported by the session")
+    wait_for(reported, what="both apps reported by the session")
 
     stopped = cm_client.post(f"{API}/ops/reconcile/stop")
     assert stopped.status_code == 200
@@ -487,7 +473,7 @@ def test_reconciler_survives_store_changes_and_stops_cleanly(
     # Started again, it restarts what died while it was stopped.
     docker_client.containers.get("two-main").kill()
     assert cm_client.post(f"{API}/ops/reconcile/start", json={}).status_code == 202
-    until(lambda: running(cm_client, "two"), what="two restarted after the reconciler's restart")
+    wait_for(lambda: running(cm_client, "two"), what="two restarted after the reconciler's restart")
 
 
 def test_reconciler_waits_out_the_engine(
@@ -501,14 +487,14 @@ def test_reconciler_waits_out_the_engine(
             messages = cm_client.get(f"{API}/ops/reconcile").get_json()["messages"]
             return any("pass failed" in m["text"] for m in messages)
 
-        until(failing, what="a pass failing on the missing engine")
+        wait_for(failing, what="a pass failing on the missing engine")
         health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
         assert health["status"] == "degraded"
         assert cm_client.get(f"{API}/ops/reconcile").get_json()["state"] == "running"
     finally:
         docker_engine.start()
     # The engine stopped the containers with it; the reconciler starts them again.
-    view = until(lambda: running(cm_client, "shop"), timeout=30, what="shop back")
+    view = wait_for(lambda: running(cm_client, "shop"), timeout=30, what="shop back")
     assert all(s["restart_count"] >= 1 for s in view["services"].values())
 
     def recovered() -> dict[str, Any] | None:
@@ -517,4 +503,4 @@ def test_reconciler_waits_out_the_engine(
         return session if ok else None
 
     # The pass that started the containers says so when it ends, maybe after this GET.
-    assert until(recovered, what="the session noting the recovery")["state"] == "running"
+    assert wait_for(recovered, what="the session noting the recovery")["state"] == "running"

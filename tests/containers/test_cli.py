@@ -10,18 +10,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 from click.testing import CliRunner, Result
-from flask import Flask
-from werkzeug.serving import make_server
 
 from edge_server import cli
 from tests.conftest import free_port
+from tests.containers.conftest import LiveServer
 from tests.docker_engine import TEST_IMAGE
 
 PYEDGE = str(Path(sys.executable).parent / "pyedge")
@@ -41,15 +40,9 @@ services:
 
 
 @pytest.fixture
-def url(cm_app: Flask) -> Iterator[str]:
-    """The container-manager's app on a threaded werkzeug server on a free loopback port."""
-    server = make_server("127.0.0.1", 0, cm_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="cli-http", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-    server.server_close()
+def url(cm_server: LiveServer) -> str:
+    """Where the container-manager's app is served over HTTP."""
+    return cm_server.url
 
 
 def pyedge(url: str, *args: str, input: str | None = None) -> Result:

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from container_manager.pull import Reference, parse_ref
-from tests.containers.conftest import API
+from tests.containers.conftest import API, wait_for
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
 REGISTRY_CANDIDATES = ("/usr/bin/docker-registry", "/usr/sbin/docker-registry")
@@ -45,18 +45,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Call `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def http_status(url: str) -> int | None:
@@ -102,7 +90,7 @@ def registry() -> Iterator[Registry]:
     )
     log.close()
     try:
-        poll(
+        wait_for(
             lambda: process.poll() is not None or http_status(f"http://127.0.0.1:{port}/v2/"),
             20,
             "the registry to answer",
@@ -410,7 +398,7 @@ def test_abort_interrupts_the_pull(
         assert session["state"] == "running", session
         return session if session["data"].get("percent", 0) > 0 else None
 
-    during = poll(downloading, 30, "the download to start")
+    during = wait_for(downloading, 30, "the download to start")
     assert during["data"]["percent"] < 100
     assert any(layer["status"] == "Downloading" for layer in during["data"]["layers"].values())
     # No more bytes, so no more progress lines: the pull's read blocks, and only cutting
@@ -431,6 +419,6 @@ def test_abort_interrupts_the_pull(
     # cancelled download return on the next bytes, so let them flow again: at this rate the
     # rest would take far longer than the few seconds in which the connections now close.
     slow_proxy.stalled.clear()
-    poll(lambda: slow_proxy.open_connections == 0, 5, "the engine to drop the download")
+    wait_for(lambda: slow_proxy.open_connections == 0, 5, "the engine to drop the download")
     assert cm_client.get(f"{API}/images/{ref}").status_code == 404
     assert not any(ref in image.tags for image in docker_client.images.list())
