@@ -22,8 +22,14 @@ SETTINGS = (
     cfg.Setting(
         "timeout",
         cfg.number(low=0.5),
-        10.0,
-        "seconds an ordinary engine call may take (streams have no read timeout)",
+        4.0,
+        "seconds an ordinary engine call may take: a hung engine is answered 503 within it",
+    ),
+    cfg.Setting(
+        "slow_timeout",
+        cfg.number(low=1),
+        120.0,
+        "seconds a slow engine call may take (create, remove, prune, stats, logs)",
     ),
     cfg.Setting("allow_privileged", cfg.boolean, False, "allow privileged containers"),
     cfg.Setting(

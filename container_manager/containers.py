@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,7 +126,8 @@ def cpu_percent(stats: dict[str, Any]) -> float | None:
 
 def stats(engine: Engine, ident: str) -> dict[str, Any]:
     """One sample of a container's CPU, memory, network and block I/O."""
-    raw: dict[str, Any] = engine.call(lambda c: c.api.stats(ident, stream=False))
+    # The engine samples twice, a second apart, to give the CPU deltas.
+    raw: dict[str, Any] = engine.call(lambda c: c.api.stats(ident, stream=False), slow=True)
     memory = raw.get("memory_stats") or {}
     usage = memory.get("usage")
     # As docker stats does: page cache is not the container's own memory.
@@ -157,11 +159,26 @@ def split_timestamp(line: str) -> tuple[str, str]:
     return ts, text
 
 
+STAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+
+
 def timestamp_key(ts: str) -> tuple[str, int]:
-    """A sort key for the engine's RFC 3339 nanosecond stamps (their fractions vary in length)."""
-    base, _, rest = ts.partition(".")
-    digits = rest.rstrip("Z").split("+")[0].split("-")[0]
-    return base, int(digits.ljust(9, "0")[:9] or 0)
+    """A sort key for the engine's RFC 3339 nanosecond stamps (their fractions vary in length).
+
+    Raises ValueError for anything else.
+    """
+    if not STAMP_RE.match(ts):
+        raise ValueError(f"not an engine timestamp: {ts!r}")
+    base, _, fraction = ts.rstrip("Z").partition(".")
+    return base, int(fraction.ljust(9, "0"))
+
+
+def order_key(ts: str) -> tuple[str, int]:
+    """timestamp_key for the engine's own lines; one without a stamp sorts first."""
+    try:
+        return timestamp_key(ts)
+    except ValueError:
+        return "", 0
 
 
 def logs(
@@ -187,14 +204,15 @@ def logs(
                 # docker-py takes naive datetimes only; a float stamp is unambiguous.
                 since=since.timestamp() if since else None,
                 until=until.timestamp() if until else None,
-            )
+            ),
+            slow=True,
         )
         streams[stream] = [
             (*split_timestamp(line), stream)
             for line in raw.decode("utf-8", "replace").splitlines()
             if line
         ]
-    merged = heapq.merge(*streams.values(), key=lambda item: timestamp_key(item[0]))
+    merged = heapq.merge(*streams.values(), key=lambda item: order_key(item[0]))
     lines = list(merged)[-tail:] if tail else list(merged)
     return [
         {"stream": stream, "text": text[:MAX_LINE_CHARS], **({"ts": ts} if timestamps else {})}

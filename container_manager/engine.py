@@ -7,17 +7,20 @@ exceptions into the container-manager's (errors.py).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import docker
 
-from container_manager.errors import EngineUnavailable, translated
+from container_manager.errors import EngineTimeout, EngineUnavailable, translated
 from pyedge import ServiceRuntime
 
 logger = logging.getLogger(__name__)
 
+# docker-py's default when DOCKER_HOST is unset, on Linux.
+DEFAULT_SOCKET_URL = "unix:///var/run/docker.sock"
 # Where a runtime keeps its Engine (runtime.extras[ENGINE]), set by the service's start hook.
 ENGINE = "engine"
 
@@ -28,69 +31,80 @@ PING_TIMEOUT_S = 2.0
 
 
 class Engine:
-    """Two docker-py clients on one engine: ordinary calls with a timeout, streams without.
+    """docker-py clients on one engine: ordinary calls, slow calls, and streams.
 
-    The clients are made on first use (version negotiation needs the engine), so the
-    service starts while the engine is away and works as soon as it answers.
+    Ordinary calls (lists, inspects, start, stop) are bounded by `timeout`, so an engine
+    that hangs is answered for within it; slow calls (create, remove, prune, stats, logs)
+    by `slow_timeout`; streams (logs, events, pulls) have no read timeout. The clients are
+    made on first use, with the version negotiated within `timeout`, so the service starts
+    while the engine is away and works as soon as it answers.
     """
 
-    def __init__(self, base_url: str | None, timeout: float) -> None:
+    def __init__(self, base_url: str | None, timeout: float, slow_timeout: float) -> None:
         self.base_url = base_url
-        self.timeout = timeout
+        self.timeouts: dict[str, float | None] = {
+            "call": timeout,
+            "slow": slow_timeout,
+            "stream": None,
+        }
         self._lock = threading.Lock()
-        self._client: docker.DockerClient | None = None
-        self._stream_client: docker.DockerClient | None = None
+        self._clients: dict[str, docker.DockerClient] = {}
 
     def _make(self, timeout: float | None) -> docker.DockerClient:
+        # Negotiated within the ordinary timeout even for the stream client: an engine that
+        # accepts and never answers must not hold a stream's first call forever.
+        negotiate = self.timeouts["call"]
         with translated():
             if self.base_url:
                 client = docker.DockerClient(
-                    base_url=self.base_url, version="auto", timeout=timeout
+                    base_url=self.base_url, version="auto", timeout=negotiate
                 )
             else:
                 # docker-py's from_env reads DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH.
-                client = docker.from_env(version="auto", timeout=timeout)
-        if timeout is None:
-            # docker-py has no "no timeout" of its own: its APIClient uses the value as is.
-            client.api.timeout = None
+                client = docker.from_env(version="auto", timeout=negotiate)
+        # docker-py's APIClient passes its timeout to every request as it is (None: none).
+        client.api.timeout = timeout
         return client
+
+    def _get(self, kind: str) -> docker.DockerClient:
+        with self._lock:
+            found = self._clients.get(kind)
+        if found is not None:
+            return found
+        # Made outside the lock: negotiating with a slow engine must not block the other
+        # kinds' calls (or the health check) behind it.
+        made = self._make(self.timeouts[kind])
+        with self._lock:
+            found = self._clients.setdefault(kind, made)
+        if found is not made:
+            made.close()  # another thread made one first
+        return found
 
     @property
     def client(self) -> docker.DockerClient:
-        """The client for ordinary calls (bounded by the timeout)."""
-        with self._lock:
-            if self._client is None:
-                self._client = self._make(self.timeout)
-            return self._client
+        """The client for ordinary calls (bounded by `timeout`)."""
+        return self._get("call")
 
-    @property
-    def stream_client(self) -> docker.DockerClient:
-        """The client for logs, events and pulls: no read timeout."""
-        with self._lock:
-            if self._stream_client is None:
-                self._stream_client = self._make(None)
-            return self._stream_client
-
-    def call(self, func: Callable[[docker.DockerClient], T]) -> T:
-        """Run `func(client)` with errors translated."""
-        try:
-            with translated():
-                return func(self.client)
-        except EngineUnavailable:
-            self.reset()
-            raise
+    def call(self, func: Callable[[docker.DockerClient], T], slow: bool = False) -> T:
+        """Run `func(client)` with errors translated; `slow` allows `slow_timeout`."""
+        return self._run("slow" if slow else "call", func)
 
     def stream(self, func: Callable[[docker.DockerClient], T]) -> T:
         """Run `func(stream_client)` with errors translated (to open a stream)."""
+        return self._run("stream", func)
+
+    def _run(self, kind: str, func: Callable[[docker.DockerClient], T]) -> T:
         try:
             with translated():
-                return func(self.stream_client)
+                return func(self._get(kind))
+        except EngineTimeout:
+            raise  # the engine is there, only slow: its connections stay good
         except EngineUnavailable:
             self.reset()
             raise
 
     def reset(self) -> None:
-        """Drop both clients after the engine went away.
+        """Drop the clients after the engine went away.
 
         Their pooled connections lead to the old engine process: closing them now keeps
         no dead sockets, and the next call negotiates afresh with whatever engine answers.
@@ -107,15 +121,20 @@ class Engine:
         self.call(ping)
 
     def close(self) -> None:
-        """Close both clients' connection pools."""
+        """Close every client's connection pool."""
         with self._lock:
-            for client in (self._client, self._stream_client):
-                if client is not None:
-                    client.close()
-            self._client = self._stream_client = None
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 def engine_of(runtime: ServiceRuntime) -> Engine:
     """The Engine the container-manager's start hook made for `runtime`."""
     engine: Engine = runtime.extras[ENGINE]
     return engine
+
+
+def socket_path(base_url: str | None) -> str | None:
+    """The engine's unix socket path for an address (None: DOCKER_HOST, else the default)."""
+    url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET_URL
+    return url.removeprefix("unix://") if url.startswith("unix://") else None

@@ -33,6 +33,10 @@ class EngineUnavailable(ContainerManagerError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class EngineTimeout(EngineUnavailable):
+    """The engine took longer than the call's timeout to answer (hung, or overloaded)."""
+
+
 class NotFound(ContainerManagerError):
     """No such container, image, volume or network."""
 
@@ -82,6 +86,11 @@ _BY_STATUS: dict[int, type[ContainerManagerError]] = {
 }
 
 
+# What the engine answers with 500 or 403 although the request only clashes with the
+# state of things (a port taken, a network in use): a conflict, for the API.
+CONFLICT_HINTS = ("port is already allocated", "address already in use", "has active endpoints")
+
+
 @contextmanager
 def translated() -> Iterator[None]:
     """Turn docker-py and requests exceptions into ContainerManagerError, in one place."""
@@ -92,13 +101,20 @@ def translated() -> Iterator[None]:
     except docker.errors.APIError as exc:
         status = exc.status_code or 500
         message = str(exc.explanation or exc)
+        if any(hint in message for hint in CONFLICT_HINTS):
+            raise Conflict(message) from exc
         raise _BY_STATUS.get(status, EngineFailed)(message) from exc
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except requests.ConnectionError as exc:
         raise EngineUnavailable(f"Docker engine unreachable: {_reason(exc)}") from exc
+    except requests.Timeout as exc:
+        raise EngineTimeout(f"Docker engine unreachable: no answer in time ({exc})") from exc
     except docker.errors.DockerException as exc:
-        # docker-py wraps the connection error in its own text; the cause says more.
-        cause = exc.__context__ or exc
-        raise EngineUnavailable(f"Docker engine unreachable: {_reason(cause)}") from exc
+        # docker-py raises its own for a failed version negotiation (the engine is away)
+        # and for values it refuses before sending anything (the request is bad).
+        cause = exc.__context__
+        if isinstance(cause, requests.ConnectionError | requests.Timeout):
+            raise EngineUnavailable(f"Docker engine unreachable: {_reason(cause)}") from exc
+        raise InvalidRequest(str(exc)) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -53,7 +53,7 @@ def inspect(engine: Engine, ref: str) -> dict[str, Any]:
 
 def prune(engine: Engine, *, all: bool) -> dict[str, Any]:
     """Remove dangling images (or every unused one); what went and the space it freed."""
-    result = engine.call(lambda c: c.api.prune_images(filters={"dangling": not all}))
+    result = engine.call(lambda c: c.api.prune_images(filters={"dangling": not all}), slow=True)
     deleted = [
         item.get("Deleted") or item.get("Untagged") for item in result.get("ImagesDeleted") or []
     ]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import marshmallow as ma
 
 from container_manager.specs import NAME_RE
 
 MAX_TAIL = 10_000
+# The engine reads 0 as "no limit": a time must be after the epoch to mean itself.
+AFTER_EPOCH = ma.validate.Range(
+    min=datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), error="must be after 1970-01-01T00:00:01Z"
+)
 
 
 class ListArgs(ma.Schema):
@@ -53,8 +59,8 @@ class LogArgs(ma.Schema):
         validate=ma.validate.Range(min=1, max=MAX_TAIL),
         metadata={"description": f"last lines, at most {MAX_TAIL}"},
     )
-    since = ma.fields.AwareDateTime(load_default=None, default_timezone=None)
-    until = ma.fields.AwareDateTime(load_default=None, default_timezone=None)
+    since = ma.fields.AwareDateTime(load_default=None, validate=AFTER_EPOCH)
+    until = ma.fields.AwareDateTime(load_default=None, validate=AFTER_EPOCH)
     timestamps = ma.fields.Boolean(load_default=False)
 
 
@@ -198,6 +204,13 @@ class VolumeSchema(ma.Schema):
     labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), allow_none=True)
 
 
+def no_reserved_labels(labels: dict[str, str]) -> None:
+    """Labels starting with pyedge. are PyEdge's own (apps adopt what carries theirs)."""
+    reserved = sorted(key for key in labels if key.startswith("pyedge."))
+    if reserved:
+        raise ma.ValidationError(f"reserved for PyEdge: {', '.join(reserved)}")
+
+
 class VolumeCreateSchema(ma.Schema):
     """POST /volumes."""
 
@@ -205,7 +218,12 @@ class VolumeCreateSchema(ma.Schema):
         required=True, validate=ma.validate.Regexp(NAME_RE, error="not a volume name")
     )
     driver = ma.fields.String(load_default="local")
-    labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), load_default=dict)
+    labels = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        load_default=dict,
+        validate=no_reserved_labels,
+    )
 
 
 class NetworkSchema(ma.Schema):
@@ -228,7 +246,12 @@ class NetworkCreateSchema(ma.Schema):
     )
     driver = ma.fields.String(load_default="bridge")
     internal = ma.fields.Boolean(load_default=False)
-    labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), load_default=dict)
+    labels = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        load_default=dict,
+        validate=no_reserved_labels,
+    )
 
 
 class SystemSchema(ma.Schema):

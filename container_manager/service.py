@@ -6,7 +6,7 @@ import threading
 
 from container_manager.apps import AppStore
 from container_manager.config import SETTINGS
-from container_manager.engine import ENGINE, Engine, engine_of
+from container_manager.engine import ENGINE, Engine, engine_of, socket_path
 from container_manager.policy import Policy
 from container_manager.pull import PullParams, abort_pull, pull
 from container_manager.reconciler import (
@@ -42,8 +42,13 @@ def policy_of(runtime: ServiceRuntime) -> Policy:
 @service.on_start
 def open_engine(runtime: ServiceRuntime) -> None:
     """Set up the engine clients (they connect on first use) and the policy."""
-    runtime.extras[ENGINE] = Engine(runtime.settings["docker_host"], runtime.settings["timeout"])
-    runtime.extras[POLICY] = Policy.from_settings(runtime.settings)
+    settings = runtime.settings
+    runtime.extras[ENGINE] = Engine(
+        settings["docker_host"], settings["timeout"], settings["slow_timeout"]
+    )
+    runtime.extras[POLICY] = Policy.from_settings(
+        runtime.settings, socket_path(runtime.settings["docker_host"])
+    )
     # Each SSE stream holds a server thread: bound them so the API stays answerable.
     runtime.extras[STREAMS] = threading.BoundedSemaphore(runtime.settings["max_streams"])
 

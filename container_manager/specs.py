@@ -62,6 +62,9 @@ def parse_volume(raw: str) -> dict[str, Any]:
     parts = raw.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
         raise ma.ValidationError(f"{raw!r} is not source:target[:ro|rw]")
+    if any(char.isspace() or not char.isprintable() for char in raw):
+        # The engine takes a source as it is: a trailing space would name another path.
+        raise ma.ValidationError(f"{raw!r}: no spaces or control characters")
     source, target = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
@@ -162,8 +165,9 @@ class ContainerSpecSchema(ma.Schema):
     network_mode = ma.fields.String(load_default=None)
     pid = ma.fields.String(load_default=None)
     ipc = ma.fields.String(load_default=None)
-    uts = ma.fields.String(load_default=None)
-    userns_mode = ma.fields.String(load_default=None)
+    # The engine knows no other value for these two (docker-py refuses others itself).
+    uts = ma.fields.String(load_default=None, validate=ma.validate.OneOf(["host"]))
+    userns_mode = ma.fields.String(load_default=None, validate=ma.validate.OneOf(["host"]))
     devices = ma.fields.List(ShortSyntax(parse_device), load_default=list)
     cap_add = _strings(load_default=list)
     cap_drop = _strings(load_default=list)

@@ -11,12 +11,13 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from container_manager.containers import split_timestamp, timestamp_key
+from container_manager.containers import STAMP_RE, order_key, split_timestamp, timestamp_key
 from container_manager.engine import Engine
 from container_manager.errors import ContainerManagerError, translated
 from container_manager.specs import MANAGED_LABEL
@@ -71,22 +72,68 @@ def _read(index: int, source: Source, out: queue.Queue[Any]) -> None:
         out.put(_END)
 
 
-def resume_floors(after: str | None, count: int) -> list[str | None]:
-    """Each source's last sent id from a Last-Event-ID (ids joined by '|', one per source)."""
+def resume_floors(after: str | None, count: int) -> list[str] | None:
+    """Each source's last sent id from a Last-Event-ID (ids joined by '|', one per source).
+
+    None when there is none, or when it is not one of ours: a bad header starts afresh.
+    """
     parts = (after or "").split("|")
-    if len(parts) != count:
-        parts = [""] * count
-    return [part or None for part in parts]
+    if len(parts) != count or not all(STAMP_RE.match(part) for part in parts):
+        return None
+    return parts
 
 
-def serve(sources: list[Source], heartbeat: float, after: str | None = None) -> Iterator[str]:
+def engine_now() -> str:
+    """Now, written as the engine writes its timestamps (RFC 3339, nanoseconds, Z)."""
+    now_ns = time.time_ns()
+    stamp = datetime.fromtimestamp(now_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{now_ns % 1_000_000_000:09d}Z"
+
+
+class EventStream:
+    """Opened sources, and one idempotent cleanup: close them, then run `on_close`.
+
+    The cleanup runs when the response's body ends or when the server closes the response,
+    whichever comes first; a response whose body never starts (HEAD) still gets it.
+    """
+
+    def __init__(self, sources: list[Source], on_close: Callable[[], None]) -> None:
+        self.sources = sources
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Close every source (unblocking its reader) and run on_close, once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        close_all(self.sources)
+        self._on_close()
+
+
+def close_all(sources: Iterable[Source]) -> None:
+    """Close Docker streams; a failure to close one does not keep the others open."""
+    for source in sources:
+        try:
+            source.stream.close()
+        except Exception:
+            logger.debug("closing a docker stream failed", exc_info=True)
+
+
+def serve(
+    stream: EventStream, heartbeat: float, floors: list[str] | None, opened_at: str
+) -> Iterator[str]:
     """SSE text of the sources' items as they come, with heartbeats, resumable.
 
     An event's id holds every source's position (ids joined by '|'): the sources are not
     ordered among themselves (stdout and stderr), so one position could not tell what the
-    client has missed. Ends with an `end` event when every source has ended, and closes
-    every source when the consumer stops early (the client went away).
+    client has missed. A source that has sent nothing yet is at `opened_at`, so that a
+    resume does not replay its history. Items at or before a resumed position are skipped.
+    Ends with an `end` event when every source has ended; closes the stream in any case.
     """
+    sources = stream.sources
     items: queue.Queue[Any] = queue.Queue()
     threads = [
         threading.Thread(target=_read, args=(i, source, items), name="sse-reader", daemon=True)
@@ -94,10 +141,8 @@ def serve(sources: list[Source], heartbeat: float, after: str | None = None) -> 
     ]
     for thread in threads:
         thread.start()
-    floors = [
-        timestamp_key(floor) if floor else None for floor in resume_floors(after, len(sources))
-    ]
-    positions = [floor or "" for floor in resume_floors(after, len(sources))]
+    positions = list(floors) if floors else [opened_at] * len(sources)
+    keys = [timestamp_key(floor) for floor in floors] if floors else None
     running = len(sources)
     try:
         yield ": stream open\n\n"
@@ -114,18 +159,13 @@ def serve(sources: list[Source], heartbeat: float, after: str | None = None) -> 
             if "error" in data:
                 yield format_event(data, event="error")
                 continue
-            floor = floors[index]
-            if floor is not None and timestamp_key(event_id) <= floor:
+            if keys is not None and order_key(event_id) <= keys[index]:
                 continue  # sent before the client reconnected
             positions[index] = event_id
             yield format_event(data, "|".join(positions))
         yield format_event({}, event="end")
     finally:
-        for source in sources:
-            try:
-                source.stream.close()
-            except Exception:
-                logger.debug("closing a docker stream failed", exc_info=True)
+        stream.close()
         for thread in threads:
             thread.join(5)
 
@@ -145,34 +185,35 @@ def _lines(stream_name: str) -> Callable[[Any], Iterable[tuple[str, dict[str, An
     return parse
 
 
-def log_sources(engine: Engine, ident: str, tail: int, after: str | None) -> list[Source]:
+def log_sources(engine: Engine, ident: str, tail: int, floors: list[str] | None) -> list[Source]:
     """Followed stdout and stderr of a container: each from its resume point, else `tail`."""
-    sources = []
-    for stream_name, floor in zip(("stdout", "stderr"), resume_floors(after, 2), strict=True):
-        # The engine's `since` has whole-second effect; serve() drops what was already sent.
-        since = max(_stamp_seconds(floor) - 1.0, 0.0) if floor else None
-        stream = engine.stream(
-            lambda c, s=stream_name, t=since: c.api.logs(
-                ident,
-                stdout=s == "stdout",
-                stderr=s == "stderr",
-                stream=True,
-                follow=True,
-                timestamps=True,
-                tail="all" if after else tail,
-                since=t or None,
+    sources: list[Source] = []
+    try:
+        for index, stream_name in enumerate(("stdout", "stderr")):
+            # The engine's `since` has whole-second effect; serve() drops what was sent.
+            since = max(_stamp_seconds(floors[index]) - 1.0, 0.0) if floors else None
+            stream = engine.stream(
+                lambda c, s=stream_name, t=since: c.api.logs(
+                    ident,
+                    stdout=s == "stdout",
+                    stderr=s == "stderr",
+                    stream=True,
+                    follow=True,
+                    timestamps=True,
+                    tail="all" if floors else tail,
+                    since=t or None,
+                )
             )
-        )
-        sources.append(Source(stream, _lines(stream_name)))
+            sources.append(Source(stream, _lines(stream_name)))
+    except BaseException:
+        close_all(sources)  # stdout is open when stderr fails: do not leave it behind
+        raise
     return sources
 
 
 def _stamp_seconds(ts: str) -> float:
     base, _ = timestamp_key(ts)
-    try:
-        return datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return 0.0
+    return datetime.fromisoformat(base).replace(tzinfo=UTC).timestamp()
 
 
 def _event(item: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -194,11 +235,9 @@ def _event(item: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
     )
 
 
-def event_sources(engine: Engine, *, managed_only: bool, after: str | None) -> list[Source]:
+def event_sources(engine: Engine, *, managed_only: bool, floors: list[str] | None) -> list[Source]:
     """The engine's events stream (only objects PyEdge created, unless asked for all)."""
     filters = {"label": [f"{MANAGED_LABEL}=true"]} if managed_only else None
-    since = _stamp_seconds(after) if after else None
-    stream = engine.stream(
-        lambda c: c.api.events(decode=True, filters=filters, since=int(since) if since else None)
-    )
+    since = int(_stamp_seconds(floors[0])) if floors else None
+    stream = engine.stream(lambda c: c.api.events(decode=True, filters=filters, since=since))
     return [Source(stream, _event)]

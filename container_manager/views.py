@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from container_manager import containers, images, streams
 from container_manager.engine import ENGINE, Engine
-from container_manager.errors import ContainerManagerError, PolicyDenied
+from container_manager.errors import Conflict, ContainerManagerError, PolicyDenied
 from container_manager.schemas import (
     ContainerDetailSchema,
     ContainerSchema,
@@ -107,18 +107,18 @@ class Containers(MethodView):
     @blp.alt_response(403, description="Denied by the security policy; errors.violations")
     def post(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Create a container from a spec (compose's field names) and start it."""
+        eng = engine()  # 503 before anything while the service is not running
         violations = policy_of(service.runtime()).check(spec)
         if violations:
             raise PolicyDenied(violations)
-        eng = engine()
         kwargs = create_kwargs(spec)
-        created = eng.call(lambda c: c.containers.create(name=spec["name"], **kwargs))
+        created = eng.call(lambda c: c.containers.create(name=spec["name"], **kwargs), slow=True)
         if spec["start"]:
             try:
-                eng.call(lambda c: c.api.start(created.id))
+                eng.call(lambda c: c.api.start(created.id), slow=True)
             except ContainerManagerError:
                 # A container that cannot start (a port taken, say) is not left behind.
-                eng.call(lambda c: c.api.remove_container(created.id, force=True))
+                eng.call(lambda c: c.api.remove_container(created.id, force=True), slow=True)
                 raise
         return containers.describe(containers.inspect(eng, created.id))
 
@@ -136,14 +136,15 @@ class ContainerResource(MethodView):
         """Remove a container (force=true: even while it runs)."""
         eng = engine()
         attrs = containers.guard(eng, ident, "removed")
-        eng.call(lambda c: c.api.remove_container(attrs["Id"], force=args["force"]))
+        eng.call(lambda c: c.api.remove_container(attrs["Id"], force=args["force"]), slow=True)
 
 
 def _act(ident: str, done: str, call: Callable[[DockerClient, str], object]) -> dict[str, Any]:
     """Run `call(client, id)` on a container PyEdge may change; the container afterwards."""
     eng = engine()
     cid = containers.guard(eng, ident, done)["Id"]
-    eng.call(lambda c: call(c, cid))
+    # Starting and stopping wait for the container; on a busy device that takes a while.
+    eng.call(lambda c: call(c, cid), slow=True)
     return containers.describe(containers.inspect(eng, cid))
 
 
@@ -200,31 +201,34 @@ class ContainerLogs(MethodView):
         return {"id": ident, "lines": lines}
 
 
-def event_stream(sources: Callable[[Engine, str | None], list[streams.Source]]) -> Response:
-    """An SSE response of the engine streams `sources` opens; 503 when too many are open."""
+def event_stream(
+    sources: Callable[[Engine, list[str] | None], list[streams.Source]], count: int
+) -> Response:
+    """An SSE response of the `count` engine streams `sources` opens; 503 when too many are.
+
+    `sources(engine, floors)` opens them from the positions of a Last-Event-ID, if any.
+    """
     runtime = service.runtime()
     slots: threading.BoundedSemaphore = runtime.extras[STREAMS]
     if not slots.acquire(blocking=False):
         abort(HTTPStatus.SERVICE_UNAVAILABLE, message="too many streams open; try again later")
     try:
-        after = request.headers.get("Last-Event-ID") or None
-        opened = sources(engine(), after)
+        floors = streams.resume_floors(request.headers.get("Last-Event-ID"), count)
+        opened_at = streams.engine_now()
+        stream = streams.EventStream(sources(engine(), floors), slots.release)
     except BaseException:
         slots.release()
         raise
-
-    def body() -> Iterator[str]:
-        try:
-            yield from streams.serve(opened, runtime.settings["stream_heartbeat"], after)
-        finally:
-            slots.release()
-
-    return Response(
-        body(),
+    heartbeat = runtime.settings["stream_heartbeat"]
+    response = Response(
+        streams.serve(stream, heartbeat, floors, opened_at),
         mimetype="text/event-stream",
         # No caching, and no buffering by a reverse proxy: events must arrive as they happen.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # The server closes every response; a body that never ran (HEAD) cleans up here.
+    response.call_on_close(stream.close)
+    return response
 
 
 SSE_DOC = {
@@ -245,7 +249,9 @@ class ContainerLogStream(MethodView):
     def get(self, args: dict[str, Any], ident: str) -> Response:
         """Follow a container's output as Server-Sent Events (resumable)."""
         engine().call(lambda c: c.api.inspect_container(ident))  # 404 before the stream
-        return event_stream(lambda eng, after: streams.log_sources(eng, ident, args["tail"], after))
+        return event_stream(
+            lambda eng, floors: streams.log_sources(eng, ident, args["tail"], floors), 2
+        )
 
 
 @blp.route("/events/stream")
@@ -255,7 +261,10 @@ class EventStream(MethodView):
     def get(self, args: dict[str, Any]) -> Response:
         """Docker events of the objects PyEdge manages (all=true: every object) as SSE."""
         return event_stream(
-            lambda eng, after: streams.event_sources(eng, managed_only=not args["all"], after=after)
+            lambda eng, floors: streams.event_sources(
+                eng, managed_only=not args["all"], floors=floors
+            ),
+            1,
         )
 
 
@@ -288,7 +297,14 @@ class ImageResource(MethodView):
     @blp.alt_response(409, description="A container uses it")
     def delete(self, args: dict[str, Any], ref: str) -> None:
         """Remove an image (409 while a container uses it, unless force=true)."""
-        engine().call(lambda c: c.api.remove_image(ref, force=args["force"]))
+        engine().call(lambda c: c.api.remove_image(ref, force=args["force"]), slow=True)
+
+
+def owned_by_app(labels: dict[str, str] | None, what: str) -> None:
+    """Conflict when an app owns the object: it is removed with the app, not on its own."""
+    app = (labels or {}).get(containers.APP_LABEL)
+    if app:
+        raise Conflict(f"{what} belongs to app {app}: remove it with DELETE /apps/{app}")
 
 
 def _volume(raw: dict[str, Any]) -> dict[str, Any]:
@@ -326,8 +342,11 @@ class VolumeResource(MethodView):
     @blp.response(204)
     @blp.alt_response(409, description="A container uses it")
     def delete(self, args: dict[str, Any], name: str) -> None:
-        """Remove a volume and its data (409 while a container uses it)."""
-        engine().call(lambda c: c.api.remove_volume(name, force=args["force"]))
+        """Remove a volume and its data (409 while a container uses it, or an app owns it)."""
+        eng = engine()
+        raw = eng.call(lambda c: c.api.inspect_volume(name))
+        owned_by_app(raw.get("Labels"), f"volume {name}")
+        eng.call(lambda c: c.api.remove_volume(name, force=args["force"]), slow=True)
 
 
 def _network(raw: dict[str, Any]) -> dict[str, Any]:
@@ -372,5 +391,8 @@ class NetworkResource(MethodView):
     @blp.response(204)
     @blp.alt_response(409, description="A container is attached to it")
     def delete(self, name: str) -> None:
-        """Remove a network."""
-        engine().call(lambda c: c.api.remove_network(name))
+        """Remove a network (409 while a container is attached, or an app owns it)."""
+        eng = engine()
+        raw = eng.call(lambda c: c.api.inspect_network(name))
+        owned_by_app(raw.get("Labels"), f"network {name}")
+        eng.call(lambda c: c.api.remove_network(name))

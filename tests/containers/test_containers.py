@@ -178,8 +178,8 @@ def test_a_container_that_cannot_start_is_not_left_behind(
         f"{API}/containers",
         json=run_spec(name="second", command=SLEEPER, ports=["127.0.0.1:18931:80"]),
     )
-    assert clash.status_code >= 400
-    assert clash.json["message"]
+    assert clash.status_code == 409
+    assert "already allocated" in clash.json["message"]
     assert [c.name for c in docker_client.containers.list(all=True)] == ["first"]
 
 
@@ -293,6 +293,13 @@ def test_volumes(cm_client: FlaskClient, docker_client: docker.DockerClient) -> 
     assert cm_client.delete(f"{API}/volumes/store").status_code == 204
     assert cm_client.delete(f"{API}/volumes/store").status_code == 404
     assert cm_client.post(f"{API}/volumes", json={"name": "../x"}).status_code == 422
+    forged = cm_client.post(f"{API}/volumes", json={"name": "v", "labels": {"pyedge.app": "a"}})
+    assert forged.status_code == 422
+    assert "reserved for PyEdge" in str(forged.json["errors"])
+    docker_client.volumes.create("shop_data", labels={"pyedge.app": "shop"})
+    owned = cm_client.delete(f"{API}/volumes/shop_data")
+    assert owned.status_code == 409
+    assert "belongs to app shop" in owned.json["message"]
 
 
 def test_networks(cm_client: FlaskClient, docker_client: docker.DockerClient) -> None:
@@ -304,7 +311,13 @@ def test_networks(cm_client: FlaskClient, docker_client: docker.DockerClient) ->
     assert {"bridge", "plant"} <= names
     assert cm_client.post(f"{API}/networks", json={"name": "plant"}).status_code == 409
     create(cm_client, name="member", command=SLEEPER, network_mode="plant")
-    assert cm_client.delete(f"{API}/networks/plant").status_code in (403, 409)
+    in_use = cm_client.delete(f"{API}/networks/plant")
+    assert in_use.status_code == 409
+    assert "active endpoints" in in_use.json["message"]
     cm_client.delete(f"{API}/containers/member?force=true")
     assert cm_client.delete(f"{API}/networks/plant").status_code == 204
     assert cm_client.delete(f"{API}/networks/bridge").status_code == 403
+    forged = cm_client.post(f"{API}/networks", json={"name": "n", "labels": {"pyedge.x": "1"}})
+    assert forged.status_code == 422
+    docker_client.networks.create("pyedge-shop", labels={"pyedge.app": "shop"})
+    assert cm_client.delete(f"{API}/networks/pyedge-shop").status_code == 409

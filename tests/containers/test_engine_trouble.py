@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import docker
 import requests
 from flask.testing import FlaskClient
 
+from edge_server import create_app
 from tests.containers.conftest import API, LiveServer, run_spec, wait_for
 from tests.docker_engine import DockerEngine
 
@@ -75,3 +79,40 @@ def test_engine_away_and_back(
     assert cm_client.get("/api/health").status_code == 200
     wait_for(lambda: threading.active_count() <= threads, what="no extra threads")
     assert open_fds() <= fds, "\n".join(sorted(set(fd_targets()) - before))
+
+
+def test_a_hung_engine_is_answered_within_five_seconds(
+    cm_config: dict[str, Any], tmp_path: Path
+) -> None:
+    # An engine that accepts connections and never answers (stopped with SIGSTOP, say).
+    path = tmp_path / "hung.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_DOCKER_HOST": f"unix://{path}"})
+    try:
+        client = app.test_client()
+        results: dict[str, tuple[int, float]] = {}
+
+        def timed_get(name: str, url: str) -> None:
+            started = time.monotonic()
+            status = client.get(url).status_code
+            results[name] = (status, time.monotonic() - started)
+
+        # A stream's first call must not hold the ordinary calls behind it.
+        threads = [
+            threading.Thread(target=timed_get, args=("stream", f"{API}/events/stream")),
+            threading.Thread(target=timed_get, args=("list", f"{API}/containers")),
+            threading.Thread(target=timed_get, args=("health", "/api/health")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for name, (status, elapsed) in results.items():
+            assert status == 503, name
+            assert elapsed < 5, f"{name} took {elapsed:.1f} s"
+        assert len(results) == 3
+    finally:
+        app.extensions["pyedge"].close()
+        listener.close()

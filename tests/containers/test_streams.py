@@ -189,3 +189,60 @@ def test_too_many_streams_are_refused(cm_server: LiveServer, cm_client: FlaskCli
             return response.status_code == 200
 
     wait_for(slot_free, what="a slot to free up")
+
+
+def test_head_requests_free_their_stream_slot(cm_server: LiveServer) -> None:
+    # A HEAD's body never runs: the Docker stream and the slot are freed all the same.
+    before = sse_readers()
+    for _ in range(10):  # more than max_streams
+        response = requests.head(cm_server.api("/events/stream"), timeout=10)
+        assert response.status_code == 200
+    with stream(cm_server.api("/events/stream")) as response:
+        assert response.status_code == 200
+    wait_for(lambda: sse_readers() == before, what="no reader threads left")
+
+
+def test_a_bad_last_event_id_starts_afresh(cm_server: LiveServer, cm_client: FlaskClient) -> None:
+    start_counter(cm_client)
+    for bad in ("1.x", "2026-01-01T00:00:00Z|x.y", "garbage|", "|"):
+        with stream(
+            cm_server.api("/containers/counter/logs/stream?tail=1"), **{"Last-Event-ID": bad}
+        ) as response:
+            assert response.status_code == 200, bad
+            received = events(response)
+            first = next(e for e in received if e.data)
+            assert first.data["text"].startswith(("line", "e"))
+    with stream(cm_server.api("/events/stream"), **{"Last-Event-ID": "1.x"}) as response:
+        assert response.status_code == 200
+
+
+def test_resume_does_not_replay_a_silent_stream(
+    cm_server: LiveServer, cm_client: FlaskClient
+) -> None:
+    # stderr spoke before the client came and not since: resuming must not replay it.
+    script = (
+        "echo old-err >&2; sleep 1; i=0; while true; do i=$((i+1)); echo out$i; sleep 0.05; done"
+    )
+    cm_client.post(
+        "/api/container-manager/containers",
+        json=run_spec(name="mixed", command=["sh", "-c", script]),
+    )
+    wait_for(
+        lambda: any(
+            line["text"] == "out2"
+            for line in cm_client.get("/api/container-manager/containers/mixed/logs").json["lines"]
+        ),
+        what="stdout to start",
+    )
+    url = cm_server.api("/containers/mixed/logs/stream?tail=0")
+    with stream(url) as response:
+        first = next(e for e in events(response) if e.data and "text" in e.data)
+    with stream(url, **{"Last-Event-ID": first.id}) as response:
+        texts = []
+        for event in events(response):
+            if event.data and "text" in event.data:
+                texts.append(event.data["text"])
+            if len(texts) >= 5:
+                break
+    assert "old-err" not in texts
+    assert all(text.startswith("out") for text in texts)
