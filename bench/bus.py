@@ -9,7 +9,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.broker import running_broker
+from bench.broker import bench_login, running_broker
 from pyedge import Bus, BusSettings
 from pyedge.operations import utc_now
 
@@ -26,6 +26,7 @@ def bare_paho(port: int, count: int) -> float:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, "bench-bare", protocol=MQTTProtocolVersion.MQTTv5
     )
+    client.username_pw_set(**bench_login())
     client.connect("127.0.0.1", port)
     client.loop_start()
     started = time.perf_counter()
@@ -42,7 +43,9 @@ def bare_paho(port: int, count: int) -> float:
 
 def pyedge_bus(port: int, count: int) -> float:
     """Messages per second through pyedge.Bus.publish_json at QoS 1."""
-    bus = Bus(BusSettings("127.0.0.1", port, "bench-bus", will_topic="bench/bus/status"))
+    bus = Bus(
+        BusSettings("127.0.0.1", port, "bench-bus", will_topic="bench/bus/status", **bench_login())
+    )
     bus.start()
     assert bus.wait_connected(5)
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bench.broker import running_broker
+from pyedge.security import Role
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def bench_list(
     client) and of client.api.containers(all=True), interleaved."""
     path = f"{API}/containers?all=true"
     test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = http.headers["Authorization"]
 
     def through_api() -> None:
         response = http.get(f"{url}{path}")
@@ -211,7 +213,9 @@ def run(scale: float) -> list[dict[str, Any]]:
             )
             try:
                 populate(client, CONTAINERS)
+                token = app.extensions["pyedge.auth"].accounts.create_token("bench", Role.ADMIN)
                 with serving(app) as url, requests.Session() as http:
+                    http.headers["Authorization"] = f"Bearer {token}"
                     listed = bench_list(http, url, app, client, list_iterations)
                     started = bench_start(http, url, client, start_iterations)
             finally:

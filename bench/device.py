@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.broker import running_broker
+from bench.broker import bench_login, running_broker
 from device_service.drivers.base import Reading as RawReading
 from device_service.drivers.simulated import Simulated, SimulatedOptions
 from device_service.forwarder import Forwarder
@@ -77,6 +77,7 @@ def paho_client(client_id: str, port: int) -> mqtt.Client:
     )
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()
+    client.username_pw_set(**bench_login())
     client.connect(HOST, port)
     client.loop_start()
     if not connected.wait(10):
@@ -93,7 +94,8 @@ def close_paho(client: mqtt.Client) -> None:
 
 def new_bus(client_id: str, port: int) -> Bus:
     """A started, connected pyedge Bus."""
-    bus = Bus(BusSettings(HOST, port, client_id, will_topic=f"bench/{client_id}/status"))
+    will_topic = f"bench/{client_id}/status"
+    bus = Bus(BusSettings(HOST, port, client_id, will_topic=will_topic, **bench_login()))
     bus.start()
     if not bus.wait_connected(10):
         bus.close()

@@ -32,8 +32,12 @@ from edge_server import create_app
 app = create_app({'EDGE_MQTT_PORT': int(sys.argv[1]), 'EDGE_NODE_ID': 'bench-mem',
                   'EDGE_DATA_DIR': tempfile.mkdtemp()})
 app.extensions['pyedge'].bus.wait_connected(5)
-app.test_client().get('/api/custom-service/hello')
-app.test_client().get('/api/openapi.json')
+from pyedge.security import Role
+token = app.extensions['pyedge.auth'].accounts.create_token('bench', Role.VIEWER)
+client = app.test_client()
+client.environ_base['HTTP_AUTHORIZATION'] = 'Bearer ' + token
+assert client.get('/api/custom-service/hello').status_code == 200
+client.get('/api/openapi.json')
 print(peak_kib())
 app.extensions['pyedge'].close()
 """

@@ -120,9 +120,11 @@ def api_failure(response: requests.Response) -> Failed:
 class Api:
     """The container-manager's API at one edge-server, over one requests Session."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         """Close the session's connections."""
@@ -181,7 +183,8 @@ def client(ctx: click.Context) -> Api:
     obj = top.ensure_object(dict)
     if _CLIENT not in obj:
         url = obj.get("url") or os.environ.get("PYEDGE_URL") or DEFAULT_URL
-        obj[_CLIENT] = Api(url)
+        token = obj.get("token") or os.environ.get("PYEDGE_TOKEN")
+        obj[_CLIENT] = Api(url, token)
         top.call_on_close(obj[_CLIENT].close)
     api: Api = obj[_CLIENT]
     return api

@@ -18,6 +18,7 @@ from container_manager.reconciler import (
     stop_reconcile,
 )
 from pyedge import Degraded, EdgeService, ServiceRuntime
+from pyedge.security import Role
 
 service = EdgeService(
     "container-manager",
@@ -71,7 +72,8 @@ def engine_reachable(runtime: ServiceRuntime) -> str:
     return "engine reachable"
 
 
-service.task("pull", pull, params=PullParams, abort=abort_pull)
+# Images are the admin's: what runs on the device comes from them.
+service.task("pull", pull, params=PullParams, abort=abort_pull, role=Role.ADMIN)
 
 
 @service.on_start

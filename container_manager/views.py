@@ -41,6 +41,7 @@ from container_manager.schemas import (
 )
 from container_manager.service import STREAMS, policy_of, service
 from container_manager.specs import MANAGED_LABEL, ContainerCreateSchema, create_kwargs
+from pyedge.security import Role, requires
 
 blp = service.blueprint
 
@@ -150,6 +151,7 @@ def _act(ident: str, done: str, call: Callable[[DockerClient, str], object]) -> 
 
 @blp.route("/containers/<ident>/start")
 class ContainerStart(MethodView):
+    @requires(Role.OPERATOR)
     @blp.response(200, ContainerDetailSchema)
     def post(self, ident: str) -> dict[str, Any]:
         """Start a container."""
@@ -158,6 +160,7 @@ class ContainerStart(MethodView):
 
 @blp.route("/containers/<ident>/stop")
 class ContainerStop(MethodView):
+    @requires(Role.OPERATOR)
     @blp.arguments(StopArgs, location="query")
     @blp.response(200, ContainerDetailSchema)
     def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
@@ -167,6 +170,7 @@ class ContainerStop(MethodView):
 
 @blp.route("/containers/<ident>/restart")
 class ContainerRestart(MethodView):
+    @requires(Role.OPERATOR)
     @blp.arguments(StopArgs, location="query")
     @blp.response(200, ContainerDetailSchema)
     def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
@@ -176,6 +180,7 @@ class ContainerRestart(MethodView):
 
 @blp.route("/containers/<ident>/kill")
 class ContainerKill(MethodView):
+    @requires(Role.OPERATOR)
     @blp.arguments(KillArgs, location="query")
     @blp.response(200, ContainerDetailSchema)
     def post(self, args: dict[str, Any], ident: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from device_service.config import SETTINGS
 from device_service.device import Device
 from device_service.schemas import PurgeParams, ReadParams
 from pyedge import EdgeService, OperationFailed, ServiceRuntime, Session
+from pyedge.security import Role
 
 service = EdgeService(
     "device-service",
@@ -103,7 +104,8 @@ def acquire_autostart(runtime: ServiceRuntime) -> dict[str, Any] | None:
 
 service.process("acquire", acquire, autostart=acquire_autostart)
 service.task("read", read, params=ReadParams)
-service.task("purge_history", purge_history, params=PurgeParams)
+# Deleting history is a change to the node's data, not an operator's daily work.
+service.task("purge_history", purge_history, params=PurgeParams, role=Role.ADMIN)
 
 
 @service.health_check

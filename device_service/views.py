@@ -22,6 +22,7 @@ from device_service.schemas import (
 )
 from device_service.sensors import Sensor
 from device_service.service import DEVICE, service
+from pyedge.security import Role, requires
 
 blp = service.blueprint
 
@@ -141,6 +142,7 @@ class Actuators(MethodView):
 
 @blp.route("/actuators/<name>")
 class ActuatorResource(MethodView):
+    @requires(Role.OPERATOR)
     @blp.arguments(ActuatorStateSchema)
     @blp.response(200, ActuatorSchema)
     def put(self, body: dict[str, bool], name: str) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from typing import Any
 from flask import Flask
 from flask_smorest import Api
 
-from edge_server import pages, views
+from edge_server import auth_views, pages, views
 from edge_server.registry import configure
 from pyedge import EdgeService, ServiceHost, __version__
+from pyedge.auth import Auth
+from pyedge.security import SECURITY_SCHEMES
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,19 @@ def create_app(
     app = Flask(__name__)
     app.config.update(OPENAPI_CONFIG)
     app.config.update(settings)
+    # Under TLS the browser must never send the session cookie over plain HTTP.
+    app.config["SESSION_COOKIE_SECURE"] = settings["EDGE_TLS"]
+    auth = Auth()
+    auth.init_app(app)
     api = Api(app)
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
     api.register_blueprint(views.blp)
+    api.register_blueprint(auth_views.blp)
     app.register_blueprint(pages.bp)
 
     host = ServiceHost(services, process_slug=PROCESS_SLUG)
+    host.close_hooks.append(auth.close)
     host.init_app(app, api)
     try:
         host.start()

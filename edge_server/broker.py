@@ -11,9 +11,16 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from edge_server.mqtt_accounts import EDGE_SERVER, BrokerAccounts, ensure_accounts, node_accounts
+from edge_server.tls import server_tls
 from pyedge import PyEdgeError
+from pyedge.config import LoadedConfig
+from pyedge.service import topic_root
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ INSTALL_HINT = (
     "a broker that is already running."
 )
 PR_SET_PDEATHSIG = 1
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class BrokerError(PyEdgeError):
@@ -54,14 +62,42 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class Mosquitto:
-    """A Mosquitto process with PyEdge's configuration, its data in `data_dir`."""
+@dataclass(frozen=True)
+class TlsListener:
+    """The broker's TLS listener: where it listens and the certificate it presents."""
 
-    def __init__(self, config_file: Path, data_dir: Path, bind: str, port: int) -> None:
+    bind: str
+    port: int
+    cert: Path
+    key: Path
+
+
+def _probe_host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+
+
+class Mosquitto:
+    """A Mosquitto process with PyEdge's configuration, its data in `data_dir`.
+
+    Clients log in with `accounts` (see mqtt_accounts), which also say what each may
+    publish and read; `tls` adds a TLS listener beside the plain one.
+    """
+
+    def __init__(
+        self,
+        config_file: Path,
+        data_dir: Path,
+        bind: str,
+        port: int,
+        accounts: BrokerAccounts,
+        tls: TlsListener | None = None,
+    ) -> None:
         self.config_file = config_file
         self.data_dir = data_dir
         self.bind = bind
         self.port = port
+        self.accounts = accounts
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> Path:
@@ -72,14 +108,26 @@ class Mosquitto:
             raise BrokerError(f"EDGE_MQTT_CONFIG: cannot read {self.config_file}: {exc}") from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
         generated = self.data_dir / "mosquitto.conf"
+        tls = self.tls
+        tls_listener = (
+            "# TLS (EDGE_MQTT_TLS): the same accounts and ACL as the plain listener.\n"
+            f"listener {tls.port} {tls.bind}\n"
+            f"certfile {tls.cert.resolve()}\n"
+            f"keyfile {tls.key.resolve()}\n"
+            if tls
+            else ""
+        )
         generated.write_text(
             f"# Written by pyedge run from {self.config_file}; edit that file instead.\n"
-            f"listener {self.port} {self.bind}\n"
+            f"listener {self.port} {self.bind}\n" + tls_listener +
             # Run as whoever runs pyedge: started as root, Mosquitto would otherwise drop
             # to its own user, which can neither write our data dir nor keep the
             # parent-death signal (it is cleared when credentials change).
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
             f"persistence_location {self.data_dir.resolve()}/\n"
+            # The accounts and what each may publish and read, from accounts.json.
+            f"password_file {self.accounts.passwd.resolve()}\n"
+            f"acl_file {self.accounts.acl.resolve()}\n"
             "log_dest stderr\n\n" + shipped
         )
         return generated
@@ -87,12 +135,19 @@ class Mosquitto:
     def start(self, timeout: float = 10.0) -> None:
         """Start the broker and wait until it accepts connections."""
         binary = find_mosquitto()
-        probe_host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
-        if port_open(probe_host, self.port):
+        listeners = [(_probe_host(self.bind), self.port)]
+        if port_open(*listeners[0]):
             raise BrokerError(
                 f"EDGE_MQTT_PORT: port {self.port} is already in use; stop what listens "
                 "there, pick another port, or set EDGE_MQTT_EMBEDDED=0 to use that broker"
             )
+        if self.tls is not None:
+            listeners.append((_probe_host(self.tls.bind), self.tls.port))
+            if port_open(*listeners[1]):
+                raise BrokerError(
+                    f"EDGE_MQTT_TLS_PORT: port {self.tls.port} is already in use; stop what "
+                    "listens there or pick another port"
+                )
         conf = self.write_config()
         log = (self.data_dir / "mosquitto.log").open("ab")
         logger.info("starting Mosquitto on %s:%d (%s)", self.bind, self.port, conf)
@@ -111,7 +166,7 @@ class Mosquitto:
             if self.process.poll() is not None:
                 tail = (self.data_dir / "mosquitto.log").read_text(errors="replace")[-800:]
                 raise BrokerError(f"Mosquitto exited with code {self.process.returncode}:\n{tail}")
-            if port_open(probe_host, self.port):
+            if all(port_open(*listener) for listener in listeners):
                 return
             time.sleep(0.05)
         self.stop()
@@ -128,3 +183,49 @@ class Mosquitto:
             logger.warning("Mosquitto did not stop within %.0f s; killing it", timeout)
             self.process.kill()
             self.process.wait()
+
+
+def embedded_broker(settings: LoadedConfig, services: Iterable[str]) -> Mosquitto:
+    """The node's Mosquitto as `pyedge run` starts it: accounts made, TLS with EDGE_MQTT_TLS."""
+    directory: Path = settings["EDGE_DATA_DIR"] / "mosquitto"
+    root = topic_root(settings["EDGE_SITE"])
+    accounts = ensure_accounts(directory, node_accounts(settings, services), root)
+    tls = None
+    if settings["EDGE_MQTT_TLS"]:
+        # The node's one certificate: the one HTTPS serves (given, or made in the data dir).
+        files = server_tls(settings)
+        tls = TlsListener(
+            settings["EDGE_MQTT_TLS_BIND"], settings["EDGE_MQTT_TLS_PORT"], files.cert, files.key
+        )
+        logger.info(
+            "MQTT over TLS on %s:%d; clients verify %s (SHA256 %s)",
+            tls.bind,
+            tls.port,
+            files.cert,
+            files.fingerprint,
+        )
+    bind = settings["EDGE_MQTT_BIND"]
+    if bind not in LOOPBACK:
+        logger.warning(
+            "the plain MQTT listener is open on %s: passwords cross the network in the clear; "
+            "prefer EDGE_MQTT_TLS and EDGE_MQTT_BIND=127.0.0.1",
+            bind,
+        )
+    return Mosquitto(
+        settings["EDGE_MQTT_CONFIG"], directory, bind, settings["EDGE_MQTT_PORT"], accounts, tls
+    )
+
+
+def solo_login(broker: Mosquitto) -> dict[str, Any]:
+    """Settings for solo mode's app: the edge-server account, on the plain listener.
+
+    The app and the broker share the machine, so it stays on the loopback listener even
+    with EDGE_MQTT_TLS, which opens the TLS one for the other machines.
+    """
+    login = broker.accounts.login(EDGE_SERVER)
+    return {
+        "EDGE_MQTT_USERNAME": login["username"],
+        "EDGE_MQTT_PASSWORD": login["password"],
+        "EDGE_MQTT_CREDENTIALS": None,
+        "EDGE_MQTT_TLS": False,
+    }

@@ -19,10 +19,10 @@ from typing import Any
 
 import click
 
-from edge_server import runner
+from edge_server import cli_auth, cli_mqtt, runner
 from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
-from pyedge import PyEdgeError, __version__
+from pyedge import ConfigError, PyEdgeError, __version__
 from pyedge.config import LoadedConfig
 
 EXIT_CONFIG = 2
@@ -33,6 +33,7 @@ PROMPT = "pyedge> "
 # ctx.obj keys: the API's address, --config, and whether the command runs in `pyedge shell`.
 URL = "url"
 CONFIG_FILE = "config_file"
+TOKEN = "token"
 IN_SHELL = "in_shell"
 
 
@@ -76,12 +77,19 @@ class RootGroup(click.Group):
     show_default=True,
     help="the edge-server the service commands talk to (else PYEDGE_URL)",
 )
+@click.option(
+    "--token",
+    envvar="PYEDGE_TOKEN",
+    default=None,
+    help="the API token the service commands send (else PYEDGE_TOKEN)",
+)
 @click.pass_context
-def root(ctx: click.Context, config_file: str | None, url: str) -> None:
+def root(ctx: click.Context, config_file: str | None, url: str, token: str | None) -> None:
     """PyEdge: IoT services on edge devices."""
     obj = ctx.ensure_object(dict)
     obj[URL] = url.rstrip("/")
     obj[CONFIG_FILE] = config_file
+    obj[TOKEN] = token
 
 
 def _settings(ctx: click.Context, overrides: dict[str, Any]) -> LoadedConfig:
@@ -112,6 +120,11 @@ def _overrides(config_file: str | None, **values: Any) -> dict[str, Any]:
     is_flag=True,
     help="use the broker at EDGE_MQTT_HOST instead of starting Mosquitto",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="serve HTTPS (EDGE_TLS): EDGE_TLS_CERT/KEY, else a self-signed certificate",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -120,6 +133,7 @@ def run(
     mqtt_port: int | None,
     data_dir: str | None,
     no_broker: bool,
+    tls: bool,
 ) -> None:
     """Solo mode: start Mosquitto and the edge-server with every service."""
     overrides = _overrides(
@@ -129,10 +143,14 @@ def run(
         mqtt_port=mqtt_port,
         data_dir=data_dir,
         mqtt_embedded=False if no_broker else None,
+        tls=True if tls else None,
     )
     settings = _settings(ctx, overrides)
     try:
         runner.run(settings, overrides)
+    except ConfigError as exc:  # a setting only checked at start-up, such as EDGE_TLS_KEY
+        click.echo(f"pyedge: configuration error: {exc}", err=True)
+        ctx.exit(EXIT_CONFIG)
     except PyEdgeError as exc:
         click.echo(f"pyedge: {exc}", err=True)
         ctx.exit(1)
@@ -145,7 +163,10 @@ def show_config(ctx: click.Context) -> None:
     settings = _settings(ctx, _overrides(ctx.obj[CONFIG_FILE]))
     for key in sorted(settings):
         if key in settings.sources:
-            click.echo(f"{key}={settings[key]}  # {settings.sources[key]}")
+            value = settings[key]
+            if key in settings.secrets and value is not None:
+                value = "(set; not shown)"
+            click.echo(f"{key}={value}  # {settings.sources[key]}")
 
 
 def _lines() -> Iterator[str]:
@@ -171,6 +192,8 @@ def shell(ctx: click.Context) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     outer = ["--url", ctx.obj[URL]]
+    if ctx.obj[TOKEN]:
+        outer += ["--token", ctx.obj[TOKEN]]
     if ctx.obj[CONFIG_FILE]:
         outer += ["--config", ctx.obj[CONFIG_FILE]]
     click.echo(f"pyedge {__version__} at {ctx.obj[URL]}: 'help' lists the commands, 'exit' ends")
@@ -187,6 +210,11 @@ def shell(ctx: click.Context) -> None:
         if words[0] == "help":
             words = [*words[1:], "--help"]
         invoke([*outer, *words], obj={IN_SHELL: True})
+
+
+root.add_command(cli_auth.user)
+root.add_command(cli_auth.token)
+root.add_command(cli_mqtt.mqtt)
 
 
 def invoke(args: list[str] | None, obj: dict[str, Any] | None = None) -> int:

@@ -42,6 +42,26 @@ SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
         "the Mosquitto configuration pyedge run starts the broker with",
     ),
     cfg.Setting(
+        "mqtt_tls_port",
+        cfg.integer(1, 65535),
+        8883,
+        "port of the embedded broker's TLS listener (opened with EDGE_MQTT_TLS)",
+    ),
+    cfg.Setting(
+        "mqtt_tls_bind",
+        cfg.text,
+        "0.0.0.0",
+        "address of the embedded broker's TLS listener: the one for other machines",
+    ),
+    cfg.Setting(
+        "tls",
+        cfg.boolean,
+        False,
+        "serve HTTPS with EDGE_TLS_CERT / EDGE_TLS_KEY, else a self-signed certificate",
+    ),
+    cfg.Setting("tls_cert", cfg.path, None, "PEM certificate (chain) for HTTPS"),
+    cfg.Setting("tls_key", cfg.path, None, "PEM private key of EDGE_TLS_CERT (unencrypted)"),
+    cfg.Setting(
         "log_level", cfg.choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "logging level"
     ),
 )

@@ -1,11 +1,28 @@
-"""Pages outside the API: the node's front page and Swagger UI's local assets."""
+"""Pages outside the API: the front page, login and first run, Swagger UI's local assets."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, render_template, send_from_directory
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.wrappers import Response as BaseResponse
 
 from pyedge import ServiceHost
+from pyedge.accounts import AccountError
+from pyedge.auth import current_auth
+from pyedge.security import public
 
 # Swagger UI is served from the installed package: a Pi may have no internet.
 SWAGGER_ASSETS_URL = "/api/docs/assets/"
@@ -18,7 +35,100 @@ def index() -> str:
     """List the services and their health."""
     host: ServiceHost = current_app.extensions["pyedge"]
     services = [host.describe(runtime) for runtime in host.runtimes.values()]
-    return render_template("index.html", health=host.health(), services=services)
+    return render_template(
+        "index.html",
+        health=host.health(),
+        services=services,
+        identity=g.identity,
+        csrf_token=current_auth().csrf_token(),
+    )
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: a path on this server only (no open redirect)."""
+    parts = urlsplit(target or "/")
+    if parts.scheme or parts.netloc or not (target or "/").startswith("/"):
+        return "/"
+    return target or "/"
+
+
+def form_page(title: str, setup: bool, error: str = "", status: int = 200) -> tuple[str, int]:
+    """The login or first-run form, with a CSRF token of the visitor's session."""
+    auth = current_auth()
+    page = render_template(
+        "login.html",
+        title=title,
+        setup=setup,
+        error=error,
+        next=safe_next(request.values.get("next")),
+        csrf_token=auth.csrf_token(),
+        first_run=not auth.accounts.has_users(),
+    )
+    return page, status
+
+
+@public
+@bp.route("/login", methods=["GET", "POST"])
+def login_page() -> tuple[str, int] | BaseResponse:
+    """The login form; a right name and password start a session."""
+    if request.method == "GET":
+        return form_page("Log in", setup=False)
+    auth = current_auth()
+    auth.check_csrf()
+    remote = request.remote_addr or ""
+    wait = auth.limiter.retry_after(remote)
+    if wait > 0:
+        error = f"Too many failed attempts: try again in {wait:.0f} s."
+        return form_page("Log in", False, error, HTTPStatus.TOO_MANY_REQUESTS)
+    identity = auth.accounts.verify_password(
+        request.form.get("name", ""), request.form.get("password", "")
+    )
+    if identity is None:
+        auth.limiter.failed(remote)
+        auth.record(f"user:{request.form.get('name', '')}", "login", "/login", 401)
+        return form_page("Log in", False, "Wrong name or password.", HTTPStatus.UNAUTHORIZED)
+    auth.limiter.succeeded(remote)
+    auth.record(identity.actor, "login", "/login", 200)
+    auth.login(identity)
+    return redirect(safe_next(request.form.get("next")))
+
+
+@public
+@bp.route("/setup", methods=["GET", "POST"])
+def setup_page() -> tuple[str, int] | BaseResponse:
+    """First run: create the first admin with the setup code from the server's log."""
+    auth = current_auth()
+    if auth.accounts.has_users():
+        return redirect(url_for("pages.login_page"))
+    if request.method == "GET":
+        return form_page("First run", setup=True)
+    auth.check_csrf()
+    remote = request.remote_addr or ""
+    if auth.limiter.retry_after(remote) > 0:
+        return form_page("First run", True, "Too many failed attempts.", 429)
+    try:
+        identity = auth.accounts.first_admin(
+            request.form.get("code", ""),
+            request.form.get("name", ""),
+            request.form.get("password", ""),
+        )
+    except AccountError as exc:
+        auth.limiter.failed(remote)
+        auth.record(f"user:{request.form.get('name', '')}", "setup", "/setup", 403, str(exc))
+        return form_page("First run", True, f"{exc}.", HTTPStatus.FORBIDDEN)
+    auth.record(identity.actor, "setup", "/setup", 201)
+    auth.login(identity)
+    return redirect("/")
+
+
+@public
+@bp.post("/logout")
+def logout_page() -> BaseResponse:
+    """End the session and go back to the login page."""
+    auth = current_auth()
+    auth.check_csrf()
+    auth.logout()
+    return redirect(url_for("pages.login_page"))
 
 
 @bp.get(f"{SWAGGER_ASSETS_URL}<path:filename>")

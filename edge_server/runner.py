@@ -21,9 +21,12 @@ from typing import IO, Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from edge_server.app import create_app
-from edge_server.broker import Mosquitto
+from edge_server.app import PROCESS_SLUG, create_app
+from edge_server.broker import embedded_broker, solo_login
+from edge_server.registry import installed_services
+from edge_server.tls import TlsFiles, server_tls
 from pyedge import PyEdgeError
+from pyedge.bus_config import bus_settings
 from pyedge.config import LoadedConfig
 
 logger = logging.getLogger(__name__)
@@ -77,9 +80,12 @@ def close_services(app: Flask) -> None:
 class EdgeServerApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn serving create_app(overrides) with one gthread worker."""
 
-    def __init__(self, settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
+    def __init__(
+        self, settings: LoadedConfig, overrides: Mapping[str, Any], tls: TlsFiles | None = None
+    ) -> None:
         self.settings = settings
         self.overrides = dict(overrides)
+        self.tls = tls
         super().__init__()
 
     def load_config(self) -> None:
@@ -100,6 +106,10 @@ class EdgeServerApplication(BaseApplication):  # type: ignore[misc]
         }
         if "control_socket_disable" not in self.cfg.settings:  # gunicorn < 24 has none
             del options["control_socket_disable"]
+        if self.tls is not None:
+            options.update(
+                certfile=str(self.tls.cert.resolve()), keyfile=str(self.tls.key.resolve())
+            )
         for key, value in options.items():
             self.cfg.set(key, value)
 
@@ -127,29 +137,42 @@ def _worker_exit(server: Any, worker: Any) -> None:
         close_services(app)
 
 
+def _tls(settings: LoadedConfig) -> TlsFiles | None:
+    """The HTTPS certificate when EDGE_TLS is on (checked or generated), announced."""
+    if not settings["EDGE_TLS"]:
+        if settings["EDGE_TLS_CERT"] is not None:
+            logger.warning("EDGE_TLS_CERT is set but EDGE_TLS is off: serving plain HTTP")
+        return None
+    # After the data dir lock: two runs must not generate two certificates at once.
+    tls = server_tls(settings)
+    logger.info("HTTPS certificate %s fingerprint SHA256 %s", tls.cert, tls.fingerprint)
+    return tls
+
+
 def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
     """Run solo mode until SIGTERM or Ctrl-C; raises PyEdgeError if it cannot start."""
-    data_dir: Path = settings["EDGE_DATA_DIR"]
     locks = lock_node(settings)
     # gunicorn forks its worker inside run() below; the worker leaves through this same
     # `finally` when it exits, and must not stop the broker the master still serves.
     owner = os.getpid()
     broker = None
     try:
+        tls = _tls(settings)
         if settings["EDGE_MQTT_EMBEDDED"]:
-            broker = Mosquitto(
-                settings["EDGE_MQTT_CONFIG"],
-                data_dir / "mosquitto",
-                settings["EDGE_MQTT_BIND"],
-                settings["EDGE_MQTT_PORT"],
-            )
+            broker = embedded_broker(settings, installed_services())
             broker.start()
+            # The app logs in as edge-server: the account made for it in the data dir.
+            overrides = {**overrides, **solo_login(broker)}
+        else:
+            # A missing account file or CA stops start-up here rather than in the worker.
+            bus_settings(settings, PROCESS_SLUG)
         logger.info(
-            "serving http://%s:%d/ (API docs at /api/docs)",
+            "serving %s://%s:%d/ (API docs at /api/docs)",
+            "https" if tls else "http",
             settings["EDGE_HTTP_HOST"],
             settings["EDGE_HTTP_PORT"],
         )
-        EdgeServerApplication(settings, overrides).run()
+        EdgeServerApplication(settings, overrides, tls).run()
     finally:
         if os.getpid() == owner:
             if broker is not None:

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from edge_server.schemas import HealthSchema, ServiceSchema
 from pyedge import ServiceHost
+from pyedge.security import Blueprint, public
 
 blp = Blueprint(
     "edge-server", __name__, url_prefix="/api", description="The node: health and services."
@@ -25,6 +25,7 @@ def host() -> ServiceHost:
 
 @blp.route("/health")
 class Health(MethodView):
+    @public
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="Degraded")
     def get(self) -> tuple[dict[str, Any], int]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,6 +40,13 @@ class BusSettings:
     will_topic: str
     keepalive: int = 30
     protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
+    # The broker account; None connects anonymously (PyEdge's own broker refuses that).
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # TLS: the broker's certificate is verified against `ca_file` (None: the system's CAs),
+    # and so is its name against `host`. There is no switch to turn verification off.
+    tls: bool = False
+    ca_file: Path | None = None
 
 
 class Bus:
@@ -147,8 +156,15 @@ class Bus:
             CallbackAPIVersion.VERSION2, client_id=self.settings.client_id, protocol=protocol
         )
         client.will_set(self.settings.will_topic, OFFLINE, qos=STATE_QOS, retain=True)
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.tls:
+            ca_file = self.settings.ca_file
+            # CERT_REQUIRED and hostname checking are paho's defaults with tls_set.
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
         with self._lock:
@@ -191,6 +207,15 @@ class Bus:
                 callback()
             except Exception:
                 logger.exception("on-connect callback failed")
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError`: the exception says why (refused,
+        # unreachable, or a TLS certificate that failed verification).
+        reason = sys.exception() or "connection failed"
+        error = f"cannot connect to broker: {reason}"
+        if error != self.last_error and not self._closing:
+            logger.warning("%s (%s)", error, self.broker)
+        self.last_error = error
 
     def _handle_disconnect(
         self,

@@ -44,6 +44,8 @@ class Setting:
     # Another environment variable that also sets it (e.g. EDGE_SENSORS for a service's
     # sensors file); the prefixed name, when set, wins.
     env_alias: str | None = None
+    # A password or key: `pyedge config` shows that it is set, never its value.
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,20 @@ def node_id(value: Any) -> str:
     return value
 
 
+def site(value: Any) -> str:
+    """Parse a site name (one MQTT topic segment, like a node id); empty means none."""
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return node_id(value.strip() if isinstance(value, str) else value)
+
+
+def secret(value: Any) -> str:
+    """Parse a password: a non-empty string, kept exactly as given (spaces included)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
 def path(value: Any) -> Path:
     """Parse a filesystem path (not required to exist)."""
     if isinstance(value, Path):
@@ -194,6 +210,8 @@ class LoadedConfig(dict[str, Any]):
     def __init__(self) -> None:
         super().__init__()
         self.sources: dict[str, str] = {}
+        # Keys of settings marked secret, whose values are never shown.
+        self.secrets: set[str] = set()
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError about `key`, naming the source its value came from."""
@@ -236,6 +254,8 @@ def load(
                 raw, source = overrides[key], "create_app(config)"
             values[key] = _parse(setting, key, raw, source)
             values.sources[key] = source
+            if setting.secret:
+                values.secrets.add(key)
     # Tables of services that are not installed or not enabled are left alone, not errors.
     values[CONFIG_FILE_ENV] = file_path
     return values

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
-from paho.mqtt.enums import MQTTProtocolVersion
 
 from pyedge import config as cfg
-from pyedge.bus import Bus, BusSettings
-from pyedge.service import TOPIC_ROOT, EdgeService, ServiceRuntime
+from pyedge.bus import Bus
+from pyedge.bus_config import MQTT_PROTOCOLS, bus_settings
+from pyedge.service import EdgeService, ServiceRuntime
 from pyedge.version import __version__
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "pyedge"
-MQTT_PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 
 CORE_SETTINGS: tuple[cfg.Setting, ...] = (
     cfg.Setting(
@@ -29,6 +28,12 @@ CORE_SETTINGS: tuple[cfg.Setting, ...] = (
         "this device's id in topics and the API (default: the hostname)",
     ),
     cfg.Setting("data_dir", cfg.path, "data", "where services keep their files"),
+    cfg.Setting(
+        "site",
+        cfg.site,
+        "",
+        "site name: topics become <site>/pyedge/... (for several sites on one broker)",
+    ),
     cfg.Setting("mqtt_host", cfg.text, "127.0.0.1", "MQTT broker host"),
     cfg.Setting("mqtt_port", cfg.integer(1, 65535), 1883, "MQTT broker port"),
     cfg.Setting(
@@ -39,9 +44,24 @@ CORE_SETTINGS: tuple[cfg.Setting, ...] = (
     ),
     cfg.Setting(
         "mqtt_protocol",
-        cfg.choice("5", "3.1.1"),
+        cfg.choice(*MQTT_PROTOCOLS),
         "5",
         "MQTT version to try first (5 falls back to 3.1.1 by itself)",
+    ),
+    cfg.Setting("mqtt_username", cfg.text, None, "broker account (pyedge run sets its own)"),
+    cfg.Setting("mqtt_password", cfg.secret, None, "password of EDGE_MQTT_USERNAME", secret=True),
+    cfg.Setting(
+        "mqtt_credentials",
+        cfg.path,
+        None,
+        'JSON file {"username": ..., "password": ...}, instead of the two settings above',
+    ),
+    cfg.Setting("mqtt_tls", cfg.boolean, False, "connect to the broker over TLS, verified"),
+    cfg.Setting(
+        "mqtt_ca",
+        cfg.path,
+        None,
+        "CA certificate(s) the broker's certificate is checked against (default: the system's)",
     ),
 )
 
@@ -50,7 +70,7 @@ class ServiceHost:
     """Mounts services' blueprints on an app and runs them with one shared MQTT client.
 
     One host per process: it owns the process's only bus connection, whose last will
-    marks `pyedge/<node>/<process_slug>/status` offline.
+    marks `[<site>/]pyedge/<node>/<process_slug>/status` offline.
     """
 
     def __init__(self, services: Sequence[EdgeService], process_slug: str) -> None:
@@ -61,22 +81,14 @@ class ServiceHost:
         self.bus: Bus | None = None
         self._close_lock = threading.Lock()
         self._closed = False
+        # Run after the services stop (e.g. the app's account store closing).
+        self.close_hooks: list[Callable[[], None]] = []
 
     def init_app(self, app: Flask, api: Api) -> None:
         """Register every service's blueprint and create its runtime from app.config."""
         conf = app.config
         self.node = conf["EDGE_NODE_ID"]
-        protocol = MQTT_PROTOCOLS[conf["EDGE_MQTT_PROTOCOL"]]
-        self.bus = Bus(
-            BusSettings(
-                host=conf["EDGE_MQTT_HOST"],
-                port=conf["EDGE_MQTT_PORT"],
-                client_id=f"{TOPIC_ROOT}-{self.node}-{self.process_slug}",
-                will_topic=f"{TOPIC_ROOT}/{self.node}/{self.process_slug}/status",
-                keepalive=conf["EDGE_MQTT_KEEPALIVE"],
-                protocol=protocol,
-            )
-        )
+        self.bus = Bus(bus_settings(conf, self.process_slug))
         for service in self.services:
             api.register_blueprint(service.blueprint)
             self.runtimes[service.slug] = ServiceRuntime(
@@ -85,6 +97,7 @@ class ServiceHost:
                 bus=self.bus,
                 settings=conf,
                 data_dir=conf["EDGE_DATA_DIR"],
+                site=conf["EDGE_SITE"],
             )
         app.extensions[EXTENSION] = self
 
@@ -108,6 +121,8 @@ class ServiceHost:
                 runtime.stop(timeout)
             if self.bus is not None:
                 self.bus.close()
+            for hook in self.close_hooks:
+                hook()
             logger.info("services stopped: %s", ", ".join(self.runtimes) or "none")
 
     def health(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import marshmallow as ma
 
 from pyedge.errors import OperationConflict, OperationFailed, ShuttingDown, UnknownOperation
+from pyedge.security import Role
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Operation:
     # Called after stop_requested is set: on stop (a Process) or abort (a Task).
     stop: StopFunction | None = None
     autostart: Autostart | None = None
+    # Who may start it and stop or abort it; reading its state needs only viewer.
+    role: Role = Role.OPERATOR
     description: str = ""
 
     def load_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:

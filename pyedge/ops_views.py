@@ -14,6 +14,7 @@ from flask_smorest import abort
 from pyedge.errors import OperationConflict, ShuttingDown, UnknownOperation
 from pyedge.operations import Operation, Session
 from pyedge.schemas import OperationSchema, SessionSchema, WaitArgsSchema, json_schema
+from pyedge.security import Role, requires
 
 if TYPE_CHECKING:
     from pyedge.service import EdgeService
@@ -76,6 +77,7 @@ def add_generic_routes(service: EdgeService) -> None:
 
     @blp.route("/ops/<op>/wait")
     class OperationWait(MethodView):
+        @requires(Role.VIEWER)  # a POST that only reads
         @blp.arguments(WaitArgsSchema, location="query")
         @blp.response(200, SessionSchema)
         def post(self, args: dict[str, float], op: str) -> dict[str, Any]:
@@ -87,6 +89,7 @@ def add_generic_routes(service: EdgeService) -> None:
 
     @blp.route("/ops/<op>/abort")
     class OperationAbort(MethodView):
+        @requires(Role.OPERATOR)
         @blp.response(200, SessionSchema)
         @blp.alt_response(409, description="Not a Task, or not running")
         def post(self, op: str) -> dict[str, Any]:
@@ -96,6 +99,7 @@ def add_generic_routes(service: EdgeService) -> None:
 
     @blp.route("/ops/<op>/stop")
     class OperationStop(MethodView):
+        @requires(Role.OPERATOR)
         @blp.response(200, SessionSchema)
         @blp.alt_response(409, description="Not a Process, or not running")
         def post(self, op: str) -> dict[str, Any]:
@@ -109,6 +113,7 @@ def add_start_route(service: EdgeService, op: Operation) -> None:
     blp = service.blueprint
 
     class StartOperation(MethodView):
+        @requires(op.role)
         @blp.arguments(op.params)
         @blp.response(202, SessionSchema)
         @blp.alt_response(409, description="Already running")

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import marshmallow as ma
 from flask import current_app
-from flask_smorest import Blueprint
 
 from pyedge import ops_views
 from pyedge.config import SLUG_RE, ConfigError, Section, Setting
@@ -25,6 +24,7 @@ from pyedge.operations import (
     OpKind,
     StopFunction,
 )
+from pyedge.security import Blueprint, Role
 
 if TYPE_CHECKING:
     from pyedge.bus import Bus
@@ -36,6 +36,15 @@ TOPIC_ROOT = "pyedge"
 
 HealthCheck = Callable[["ServiceRuntime"], str | None]
 LifecycleHook = Callable[["ServiceRuntime"], None]
+
+
+def topic_root(site: str = "") -> str:
+    """The levels every PyEdge topic starts with: `pyedge`, or `<site>/pyedge` for a site.
+
+    The site goes in front, so that below the root the layout (`<node>/<slug>/...`) is
+    the same with or without one, and `pyedge/#` never matches another site's topics.
+    """
+    return f"{site}/{TOPIC_ROOT}" if site else TOPIC_ROOT
 
 
 class Degraded(PyEdgeError):
@@ -98,12 +107,14 @@ class EdgeService:
         *,
         params: type[ma.Schema] = NoParams,
         abort: StopFunction | None = None,
+        role: Role = Role.OPERATOR,
         description: str | None = None,
     ) -> Operation:
         """Register a Task: `run(session, params)` finishes by itself; abort ends it early.
 
         Abort sets `session.stop_requested`; the code should check it (or `session.sleep`).
         `abort(session)`, when given, is called too: to interrupt a blocking call.
+        `role` may start and abort it.
         """
         return self._add(
             Operation(
@@ -112,6 +123,7 @@ class EdgeService:
                 run,
                 params,
                 stop=abort,
+                role=role,
                 description=description or _first_line(run),
             )
         )
@@ -124,13 +136,14 @@ class EdgeService:
         stop: StopFunction | None = None,
         params: type[ma.Schema] = NoParams,
         autostart: Autostart | None = None,
+        role: Role = Role.OPERATOR,
         description: str | None = None,
     ) -> Operation:
         """Register a Process: `run(session, params)` runs until it is stopped.
 
         Stop sets `session.stop_requested`, then calls `stop(session)` when given.
         `autostart` (params, or a function of the ServiceRuntime returning params or None)
-        starts it once per node when the service starts.
+        starts it once per node when the service starts. `role` may start and stop it.
         """
         return self._add(
             Operation(
@@ -140,6 +153,7 @@ class EdgeService:
                 params,
                 stop=stop,
                 autostart=autostart,
+                role=role,
                 description=description or _first_line(run),
             )
         )
@@ -195,9 +209,12 @@ class ServiceRuntime:
         bus: Bus,
         settings: Mapping[str, Any],
         data_dir: Path,
+        site: str = "",
     ) -> None:
         self.service = service
         self.node = node
+        self.site = site
+        self.root = topic_root(site)
         self.bus = bus
         self.settings = {
             setting.name: settings[service.section.key(setting)]
@@ -220,8 +237,8 @@ class ServiceRuntime:
         return self.service.slug
 
     def topic(self, *parts: str) -> str:
-        """The service's MQTT topic for `parts`: pyedge/<node>/<slug>/<parts...>."""
-        return "/".join((TOPIC_ROOT, self.node, self.slug, *parts))
+        """The service's MQTT topic for `parts`: [<site>/]pyedge/<node>/<slug>/<parts...>."""
+        return "/".join((self.root, self.node, self.slug, *parts))
 
     def start(self) -> None:
         """Announce the service on the bus and start its autostart Processes."""

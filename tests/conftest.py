@@ -15,18 +15,63 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_server import create_app
-from edge_server.broker import Mosquitto
+from edge_server.broker import Mosquitto, TlsListener
 from edge_server.config import REPO_MQTT_CONFIG
+from edge_server.mqtt_accounts import (
+    ANY_NODE,
+    EDGE_SERVER,
+    SUBSCRIBER,
+    BrokerAccounts,
+    ensure_accounts,
+    plan_accounts,
+)
+from edge_server.registry import installed_services
+from pyedge.auth import EXTENSION as AUTH_EXTENSION
+from pyedge.auth import Auth
+from pyedge.security import Role
+from pyedge.service import topic_root
 from tests.docker_engine import DockerEngine
 from tests.mqtt_recorder import MqttRecorder
 
 
 @dataclass(frozen=True)
 class Broker:
-    """Where the test broker listens."""
+    """Where the test broker listens, and its accounts."""
 
     host: str
     port: int
+    accounts: BrokerAccounts
+
+    def login(self, account: str = EDGE_SERVER) -> dict[str, str]:
+        """`username` and `password` of an account (BusSettings' and MqttRecorder's)."""
+        return self.accounts.login(account)
+
+    def app_login(self) -> dict[str, str]:
+        """The settings that make an app log in as edge-server, as `pyedge run` does."""
+        return app_login(self.accounts)
+
+
+def app_login(accounts: BrokerAccounts) -> dict[str, str]:
+    """The settings that make an app log in to a broker with `accounts` as edge-server."""
+    login = accounts.login(EDGE_SERVER)
+    return {"EDGE_MQTT_USERNAME": login["username"], "EDGE_MQTT_PASSWORD": login["password"]}
+
+
+def broker_accounts(directory: Path, site: str = "", node: str = ANY_NODE) -> BrokerAccounts:
+    """A test broker's accounts: by default for any node id (each test has its own)."""
+    root = topic_root(site)
+    specs = plan_accounts(root=root, node=node, services=installed_services())
+    return ensure_accounts(directory, specs, root)
+
+
+def start_broker(
+    directory: Path, site: str = "", node: str = ANY_NODE, tls: TlsListener | None = None
+) -> Mosquitto:
+    """A real Mosquitto with the project's configuration and test accounts, on a free port."""
+    accounts = broker_accounts(directory, site, node)
+    mosquitto = Mosquitto(REPO_MQTT_CONFIG, directory, "127.0.0.1", free_port(), accounts, tls)
+    mosquitto.start()
+    return mosquitto
 
 
 def free_port() -> int:
@@ -47,11 +92,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A real Mosquitto with the project's configuration, on a free port."""
-    port = free_port()
-    mosquitto = Mosquitto(REPO_MQTT_CONFIG, tmp_path_factory.mktemp("mosquitto"), "127.0.0.1", port)
-    mosquitto.start()
-    yield Broker("127.0.0.1", port)
+    """A real Mosquitto with the project's configuration and accounts, on a free port."""
+    mosquitto = start_broker(tmp_path_factory.mktemp("mosquitto"))
+    yield Broker("127.0.0.1", mosquitto.port, mosquitto.accounts)
     mosquitto.stop()
 
 
@@ -79,6 +122,7 @@ def app_config(broker: Broker, tmp_path: Path, node_id: str) -> dict[str, Any]:
     return {
         "EDGE_MQTT_HOST": broker.host,
         "EDGE_MQTT_PORT": broker.port,
+        **broker.app_login(),
         "EDGE_NODE_ID": node_id,
         "EDGE_DATA_DIR": str(tmp_path / "data"),
         "EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART": False,
@@ -96,15 +140,30 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     app.extensions["pyedge"].close()
 
 
+def authorize(app: Flask, role: Role = Role.ADMIN) -> str:
+    """A new API token of `role` on the app's node."""
+    auth: Auth = app.extensions[AUTH_EXTENSION]
+    return auth.accounts.create_token(f"test-{uuid.uuid4().hex[:10]}", role)
+
+
+def authorized_client(app: Flask, role: Role = Role.ADMIN) -> FlaskClient:
+    """A test client of the app that sends a token of `role` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {authorize(app, role)}"
+    return client
+
+
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    """A test client of the app."""
-    return app.test_client()
+    """A test client of the app, authenticated as an admin."""
+    return authorized_client(app)
 
 
 @pytest.fixture
 def recorder(broker: Broker) -> Iterator[MqttRecorder]:
-    """A separate MQTT subscriber on the test broker."""
-    recorder = MqttRecorder(broker.host, broker.port, f"recorder-{uuid.uuid4().hex[:8]}")
+    """A separate MQTT subscriber on the test broker, logged in as `subscriber` (read-only)."""
+    recorder = MqttRecorder(
+        broker.host, broker.port, f"recorder-{uuid.uuid4().hex[:8]}", **broker.login(SUBSCRIBER)
+    )
     yield recorder
     recorder.close()

@@ -13,6 +13,9 @@ from flask import Flask
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 from werkzeug.serving import make_server
 
+from pyedge.auth import EXTENSION as AUTH_EXTENSION
+from pyedge.security import Role
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -49,10 +52,14 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+PASSWORD = "browser-secret-1"
+
+
 @pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    """A page that may load nothing but the node itself: a Pi can be offline."""
+def page(browser: Browser, base_url: str, app: Flask) -> Iterator[Page]:
+    """A page logged in as an operator, that may load nothing but the node itself."""
     outside: list[str] = []
+    app.extensions[AUTH_EXTENSION].accounts.add_user("olga", PASSWORD, Role.OPERATOR)
     page = browser.new_page()
 
     def local_only(route: Route) -> None:
@@ -63,9 +70,20 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
             route.abort()
 
     page.route("**/*", local_only)
+    log_in(page, base_url)
     yield page
     page.close()
     assert outside == [], f"the page tried to load from outside the node: {outside}"
+
+
+def log_in(page: Page, base_url: str) -> None:
+    """Log in through the login page, as a person does."""
+    page.goto(base_url)  # a stranger is sent to the login page
+    assert "/login" in page.url
+    page.get_by_label("Name").fill("olga")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base_url}/")
 
 
 def test_swagger_ui_renders_every_operation_offline(
@@ -90,6 +108,20 @@ def test_swagger_ui_runs_an_operation(page: Page, base_url: str) -> None:
     body = block.locator(".responses-wrapper .live-responses-table .microlight").first
     body.wait_for(timeout=10000)
     assert "Hello, world!" in body.inner_text()
+
+
+def test_swagger_ui_starts_an_operation_through_the_session(page: Page, base_url: str) -> None:
+    # A POST through the login session: Swagger UI must send the CSRF token.
+    page.goto(f"{base_url}/api/docs")
+    path = "/api/custom-service/ops/sleep/start"
+    block = page.locator(".opblock", has=page.locator(f'[data-path="{path}"]'))
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    block.locator("textarea.body-param__text").fill('{"seconds": 0.1}')
+    block.get_by_role("button", name="Execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for(timeout=10000)
+    assert status.inner_text().strip().startswith("202")
 
 
 def test_front_page_shows_services_and_health(page: Page, base_url: str, node_id: str) -> None:

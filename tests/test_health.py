@@ -7,7 +7,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from edge_server import create_app
-from tests.conftest import free_port
+from tests.conftest import authorized_client, free_port
 from tests.probe_service import probe
 
 
@@ -25,7 +25,7 @@ def test_a_failing_health_check_degrades_the_node(app_config: dict[str, Any]) ->
     app = create_app({**app_config, "EDGE_PROBE_SERVICE_BROKEN": True}, services=[probe])
     try:
         app.extensions["pyedge"].bus.wait_connected(5)
-        response = app.test_client().get("/api/health")
+        response = authorized_client(app).get("/api/health")
         assert response.status_code == 503
         assert response.json["status"] == "degraded"
         assert response.json["services"]["probe-service"] == {
@@ -39,7 +39,7 @@ def test_a_failing_health_check_degrades_the_node(app_config: dict[str, Any]) ->
 
 def test_a_failed_process_degrades_its_service(app_config: dict[str, Any]) -> None:
     app = create_app(app_config, services=[probe])
-    client = app.test_client()
+    client = authorized_client(app)
     try:
         assert client.get("/api/health").json["services"]["probe-service"]["status"] == "ok"
         client.post("/api/probe-service/ops/fail/start", json={})
@@ -58,7 +58,7 @@ def test_a_failed_process_degrades_its_service(app_config: dict[str, Any]) -> No
 def test_an_unreachable_broker_degrades_the_node(app_config: dict[str, Any]) -> None:
     app = create_app({**app_config, "EDGE_MQTT_PORT": free_port()})
     try:
-        response = app.test_client().get("/api/health")
+        response = authorized_client(app).get("/api/health")
         assert response.status_code == 503
         assert response.json["mqtt"]["status"] == "disconnected"
         assert response.json["services"]["custom-service"]["status"] == "ok"

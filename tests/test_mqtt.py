@@ -44,7 +44,9 @@ def test_a_late_subscriber_gets_the_current_session(
 ) -> None:
     client.post(f"{OPS}/sleep/start", json={"seconds": 0.1})
     client.post(f"{OPS}/sleep/wait")
-    late = MqttRecorder(broker.host, broker.port, f"late-{uuid.uuid4().hex[:6]}")
+    late = MqttRecorder(
+        broker.host, broker.port, f"late-{uuid.uuid4().hex[:6]}", **broker.login("subscriber")
+    )
     try:
         topic = f"pyedge/{node_id}/custom-service/ops/sleep"
         late.subscribe(topic)
@@ -89,7 +91,9 @@ def test_last_will_marks_the_process_offline_when_its_connection_dies(
 ) -> None:
     topic = f"pyedge/{node_id}/probe/status"
     recorder.subscribe(topic)
-    bus = Bus(BusSettings(broker.host, broker.port, f"will-{node_id}", will_topic=topic))
+    bus = Bus(
+        BusSettings(broker.host, broker.port, f"will-{node_id}", will_topic=topic, **broker.login())
+    )
     bus.start()
     assert bus.wait_connected(5)
     recorder.wait_for(topic, lambda m: m.payload == b"online")
@@ -98,19 +102,23 @@ def test_last_will_marks_the_process_offline_when_its_connection_dies(
     bus.close()
 
 
-def test_the_bus_reconnects_and_restores_subscriptions(
-    broker: Broker, recorder: MqttRecorder, node_id: str
-) -> None:
+def test_the_bus_reconnects_and_restores_subscriptions(broker: Broker, node_id: str) -> None:
     received: list[bytes] = []
     bus = Bus(
         BusSettings(
-            broker.host, broker.port, f"re-{node_id}", will_topic=f"pyedge/{node_id}/probe/status"
+            broker.host,
+            broker.port,
+            f"re-{node_id}",
+            will_topic=f"pyedge/{node_id}/probe/status",
+            **broker.login(),
         )
     )
     bus.subscribe(f"pyedge/{node_id}/probe/in", lambda m: received.append(m.payload))
     bus.start()
     assert bus.wait_connected(5)
-    recorder.client.publish(f"pyedge/{node_id}/probe/in", b"one", qos=1).wait_for_publish(5)
+    # The `recorder` fixture only reads: an edge-server client sends.
+    sender = MqttRecorder(broker.host, broker.port, f"send-{node_id}", **broker.login())
+    sender.client.publish(f"pyedge/{node_id}/probe/in", b"one", qos=1).wait_for_publish(5)
     _wait(lambda: received == [b"one"])
 
     drop_connection_and_reconnect(bus)
@@ -119,10 +127,11 @@ def test_the_bus_reconnects_and_restores_subscriptions(
     deadline = time.monotonic() + 10
     while b"two" not in received:
         assert time.monotonic() < deadline, "subscription not restored"
-        recorder.client.publish(f"pyedge/{node_id}/probe/in", b"two", qos=1).wait_for_publish(5)
+        sender.client.publish(f"pyedge/{node_id}/probe/in", b"two", qos=1).wait_for_publish(5)
         time.sleep(0.1)
     assert received[0] == b"one" and set(received[1:]) == {b"two"}
     bus.close()
+    sender.close()
 
 
 def test_sessions_are_republished_after_a_reconnect(
@@ -156,7 +165,11 @@ def _wait(condition: Any, timeout: float = 10) -> None:
 def test_a_broker_refusing_mqtt5_gets_mqtt_311(broker: Broker, node_id: str) -> None:
     bus = Bus(
         BusSettings(
-            broker.host, broker.port, f"v311-{node_id}", will_topic=f"pyedge/{node_id}/probe/status"
+            broker.host,
+            broker.port,
+            f"v311-{node_id}",
+            will_topic=f"pyedge/{node_id}/probe/status",
+            **broker.login(),
         )
     )
     # Mosquitto 2 speaks MQTT 5, so play its refusal as an MQTT 3.1.1-only broker sends it;
@@ -173,7 +186,11 @@ def test_close_racing_the_first_connect_never_leaves_online_behind(
 ) -> None:
     for i in range(40):
         topic = f"pyedge/{node_id}/race-{i}/status"
-        bus = Bus(BusSettings(broker.host, broker.port, f"race-{node_id}-{i}", will_topic=topic))
+        bus = Bus(
+            BusSettings(
+                broker.host, broker.port, f"race-{node_id}-{i}", will_topic=topic, **broker.login()
+            )
+        )
         bus.start()
         time.sleep(i % 5 / 1000)  # close at 0-4 ms: before, during and after the CONNACK
         bus.close()
@@ -197,6 +214,7 @@ def test_a_burst_through_the_bus_reaches_a_qos1_subscriber_whole_and_in_order(
             broker.port,
             f"burst-{node_id}",
             will_topic=f"pyedge/{node_id}/burst/status",
+            **broker.login(),
         )
     )
     bus.start()

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 from tests.probe_service import probe
 
 
@@ -45,7 +46,7 @@ def test_every_mounted_service_is_in_the_document(app_config: dict[str, Any]) ->
 
     app = create_app(app_config, services=[custom, probe])
     try:
-        spec = app.test_client().get("/api/openapi.json").json
+        spec = authorized_client(app).get("/api/openapi.json").json
         validate(spec)
         tags = {tag["name"] for tag in spec["tags"]}
         assert {"custom-service", "probe-service", "edge-server"} <= tags

@@ -8,6 +8,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import authorized_client
+
 OPS = "/api/custom-service/ops"
 
 
@@ -177,7 +179,7 @@ def test_a_body_that_is_not_a_json_object_is_a_4xx(client: FlaskClient, body: st
 
 
 def test_no_operation_starts_once_the_service_is_shutting_down(app: Flask) -> None:
-    client = app.test_client()
+    client = authorized_client(app)
     app.extensions["pyedge"].close()
     response = client.post(f"{OPS}/sleep/start", json={"seconds": 1})
     assert response.status_code == 503

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +22,9 @@ import pytest
 
 from edge_server import broker, cli
 from edge_server.broker import port_open
+from edge_server.mqtt_accounts import SUBSCRIBER, load_accounts
+from pyedge.accounts import AccountStore
+from pyedge.security import Role
 from tests.conftest import free_port
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 from tests.mqtt_recorder import MqttRecorder
@@ -37,28 +41,45 @@ class Node:
     mqtt_port: int
     node_id: str
     data_dir: Path
+    # An admin token made in its data dir before it started (the headless path).
+    token: str
+    # Set for a node started with --tls: its URLs are https and requests verify with it.
+    tls: ssl.SSLContext | None = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}{path}"
+
+    def call(self, path: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+        """A request to the node with its admin token."""
+        return request(self.url(path), method, body, self.tls, self.token)
 
 
-def request(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+def request(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    context: ssl.SSLContext | None = None,
+    token: str | None = None,
+) -> tuple[int, Any]:
     """An HTTP request; returns status and parsed JSON (errors included)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=10) as response:
+        with urllib.request.urlopen(req, timeout=10, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
-def start_node(tmp_path: Path, **env: str) -> Node:
+def start_node(tmp_path: Path, *args: str, **env: str) -> Node:
+    """`pyedge run` on free ports with its own node id and data dir; `args` appended."""
     http_port, mqtt_port = free_port(), free_port()
     node_id = f"run-{uuid.uuid4().hex[:8]}"
     data_dir = tmp_path / "data"
+    token = AccountStore(data_dir / "accounts.db").create_token("test-run", Role.ADMIN)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     environ.update(
         EDGE_NODE_ID=node_id,
@@ -77,13 +98,14 @@ def start_node(tmp_path: Path, **env: str) -> Node:
             str(mqtt_port),
             "--data-dir",
             str(data_dir),
+            *args,
         ],
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return Node(process, http_port, mqtt_port, node_id, data_dir)
+    return Node(process, http_port, mqtt_port, node_id, data_dir, token)
 
 
 def wait_ready(node: Node, timeout: float = 15) -> float:
@@ -92,12 +114,18 @@ def wait_ready(node: Node, timeout: float = 15) -> float:
     while time.monotonic() - started < timeout:
         assert node.process.poll() is None, node.process.stdout.read()  # type: ignore[union-attr]
         try:
-            if request(node.url("/api/health"))[0] == 200:
+            if node.call("/api/health")[0] == 200:
                 return time.monotonic() - started
         except (urllib.error.URLError, ConnectionError):
             pass
         time.sleep(0.1)
     raise AssertionError("pyedge run did not become healthy")
+
+
+def node_recorder(node: Node, client_id: str) -> MqttRecorder:
+    """A recorder on the node's broker, logged in with the subscriber account it made."""
+    login = load_accounts(node.data_dir / "mosquitto").login(SUBSCRIBER)
+    return MqttRecorder("127.0.0.1", node.mqtt_port, client_id, **login)
 
 
 def gunicorn_worker(node: Node) -> int:
@@ -114,8 +142,13 @@ def node(tmp_path: Path, docker_engine: DockerEngine) -> Iterator[Node]:
     # DOCKER_HOST, as a machine's environment would give it (docker-py's from_env reads it).
     node = start_node(tmp_path, DOCKER_HOST=docker_engine.url)
     yield node
+    stop_node(node)
+
+
+def stop_node(node: Node) -> None:
+    """SIGTERM, which lets it stop its broker; SIGKILL only if that hangs."""
     if node.process.poll() is None:
-        node.process.terminate()  # lets it stop its broker; kill only if that hangs
+        node.process.terminate()
         try:
             node.process.wait(20)
         except subprocess.TimeoutExpired:
@@ -128,7 +161,7 @@ def test_run_lists_the_engines_containers(node: Node, docker_engine: DockerEngin
     client = docker_engine.client()
     container = client.containers.run(TEST_IMAGE, ["sleep", "60"], name="run-seen", detach=True)
     try:
-        status, listed = request(node.url("/api/container-manager/containers"))
+        status, listed = node.call("/api/container-manager/containers")
         assert status == 200
         assert "run-seen" in [c["name"] for c in listed]
     finally:
@@ -140,21 +173,19 @@ def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> Non
     ready_after = wait_ready(node)
     assert ready_after < 10
 
-    status, health = request(node.url("/api/health"))
+    status, health = node.call("/api/health")
     assert health["node"] == node.node_id
     assert health["services"]["custom-service"]["status"] == "ok"
 
-    recorder = MqttRecorder("127.0.0.1", node.mqtt_port, "run-recorder")
+    recorder = node_recorder(node, "run-recorder")
     try:
         recorder.subscribe(f"pyedge/{node.node_id}/#")
         beat = recorder.wait_for(f"pyedge/{node.node_id}/custom-service/heartbeat")
         assert beat.json()["seq"] >= 1  # autostarted, exactly one heartbeat Process
 
-        status, _ = request(
-            node.url("/api/custom-service/ops/sleep/start"), "POST", {"seconds": 0.2}
-        )
+        status, _ = node.call("/api/custom-service/ops/sleep/start", "POST", {"seconds": 0.2})
         assert status == 202
-        status, done = request(node.url("/api/custom-service/ops/sleep/wait?timeout=5"), "POST")
+        status, done = node.call("/api/custom-service/ops/sleep/wait?timeout=5", "POST")
         assert (done["state"], done["success"]) == ("done", True)
         recorder.wait_for(
             f"pyedge/{node.node_id}/custom-service/ops/sleep", lambda m: m.json()["state"] == "done"
@@ -174,10 +205,10 @@ def test_run_serves_health_ops_and_mqtt_then_stops_on_sigterm(node: Node) -> Non
 
 def test_sigterm_ends_a_long_wait_request_promptly(node: Node) -> None:
     wait_ready(node)
-    request(node.url("/api/custom-service/ops/sleep/start"), "POST", {"seconds": 600})
+    node.call("/api/custom-service/ops/sleep/start", "POST", {"seconds": 600})
     answers: list[tuple[int, Any]] = []
-    wait_url = node.url("/api/custom-service/ops/sleep/wait")
-    waiter = threading.Thread(target=lambda: answers.append(request(wait_url, "POST")))
+    wait_path = "/api/custom-service/ops/sleep/wait"
+    waiter = threading.Thread(target=lambda: answers.append(node.call(wait_path, "POST")))
     waiter.start()
     time.sleep(0.5)  # the wait request is now held by the server
     started = time.monotonic()
@@ -194,7 +225,7 @@ def test_sigterm_ends_a_long_wait_request_promptly(node: Node) -> None:
 def test_a_killed_worker_fires_the_last_will_and_a_new_one_comes_online(node: Node) -> None:
     wait_ready(node)
     topic = f"pyedge/{node.node_id}/edge-server/status"
-    recorder = MqttRecorder("127.0.0.1", node.mqtt_port, "will-recorder")
+    recorder = node_recorder(node, "will-recorder")
     try:
         recorder.subscribe(topic)
         recorder.wait_for(topic, lambda m: m.payload == b"online")

@@ -8,6 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 
 
 def test_services_tree_lists_mounted_services(client: FlaskClient, node_id: str) -> None:
@@ -50,7 +51,7 @@ def test_wrong_method_is_405_with_the_error_envelope(client: FlaskClient) -> Non
 def test_hello_uses_the_configured_greeting(app_config: dict[str, Any], node_id: str) -> None:
     app = create_app({**app_config, "EDGE_CUSTOM_SERVICE_GREETING": "Moin"})
     try:
-        response = app.test_client().get("/api/custom-service/hello?name=Ada")
+        response = authorized_client(app).get("/api/custom-service/hello?name=Ada")
         assert response.json == {"message": "Moin, Ada!", "node": node_id}
     finally:
         app.extensions["pyedge"].close()
@@ -72,7 +73,7 @@ def test_autostart_process_runs_once_when_enabled(app_config: dict[str, Any]) ->
         }
     )
     try:
-        session = app.test_client().get("/api/custom-service/ops/heartbeat").json
+        session = authorized_client(app).get("/api/custom-service/ops/heartbeat").json
         assert session["state"] in ("starting", "running")
         assert session["params"] == {"interval": 0.2}
     finally:

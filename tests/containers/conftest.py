@@ -10,11 +10,13 @@ from typing import Any
 
 import docker
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from edge_server import create_app
+from tests.conftest import authorize, authorized_client
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
 API = "/api/container-manager"
@@ -67,7 +69,7 @@ def cm_app(cm_config: dict[str, Any]) -> Iterator[Flask]:
 @pytest.fixture
 def cm_client(cm_app: Flask) -> FlaskClient:
     """A test client of the container-manager's app."""
-    return cm_app.test_client()
+    return authorized_client(cm_app)
 
 
 def run_spec(**fields: Any) -> dict[str, Any]:
@@ -77,12 +79,25 @@ def run_spec(**fields: Any) -> dict[str, Any]:
 
 @dataclass
 class LiveServer:
-    """The container-manager's app served over real HTTP (for streams)."""
+    """The container-manager's app served over real HTTP (for streams), and an admin token."""
 
     url: str
+    token: str
 
     def api(self, path: str) -> str:
         return f"{self.url}{API}{path}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of the token."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def session(self) -> requests.Session:
+        """A requests Session sending the token."""
+        session = requests.Session()
+        session.headers.update(self.auth)
+        return session
 
 
 @pytest.fixture
@@ -91,7 +106,7 @@ def cm_server(cm_app: Flask) -> Iterator[LiveServer]:
     server = make_server("127.0.0.1", 0, cm_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
     thread.start()
-    yield LiveServer(f"http://127.0.0.1:{server.server_port}")
+    yield LiveServer(f"http://127.0.0.1:{server.server_port}", authorize(cm_app))
     server.shutdown()
     thread.join(5)
     server.server_close()

@@ -10,6 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 from tests.containers.conftest import API, run_spec, wait_for
 from tests.docker_engine import DockerEngine
 
@@ -301,7 +302,7 @@ def test_stored_spec_the_policy_now_denies_is_not_run(
     )
     try:
         spec = {"services": {"main": run_spec(command=SLEEPER, privileged=True)}}
-        response = granting.test_client().put(f"{API}/apps/root", json=spec)
+        response = authorized_client(granting).put(f"{API}/apps/root", json=spec)
         assert response.status_code == 201, response.get_json()
     finally:
         granting.extensions["pyedge"].close()

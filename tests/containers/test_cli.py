@@ -40,8 +40,9 @@ services:
 
 
 @pytest.fixture
-def url(cm_server: LiveServer) -> str:
-    """Where the container-manager's app is served over HTTP."""
+def url(cm_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the container-manager's app is served over HTTP; its token in PYEDGE_TOKEN."""
+    monkeypatch.setenv("PYEDGE_TOKEN", cm_server.token)
     return cm_server.url
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 from tests.containers.conftest import API, LiveServer, run_spec, wait_for
 from tests.docker_engine import DockerEngine
 
@@ -44,7 +44,7 @@ def test_engine_away_and_back(
     threads, fds = threading.active_count(), open_fds()
     before = set(fd_targets())
 
-    with requests.get(
+    with cm_server.session.get(
         cm_server.api("/containers/victim/logs/stream"), stream=True, timeout=30
     ) as logs:
         docker_engine.stop()
@@ -91,7 +91,7 @@ def test_a_hung_engine_is_answered_within_five_seconds(
     listener.listen(64)
     app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_DOCKER_HOST": f"unix://{path}"})
     try:
-        client = app.test_client()
+        client = authorized_client(app)
         results: dict[str, tuple[int, float]] = {}
 
         def timed_get(name: str, url: str) -> None:

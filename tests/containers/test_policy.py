@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 from tests.containers.conftest import API, run_spec
 
 DENIED = [
@@ -122,7 +123,7 @@ def granting_app(cm_config: dict[str, Any], granted_dir: Path) -> Iterator[Flask
 def test_grants_let_through_what_they_name(
     granting_app: Flask, granted_dir: Path, docker_client: docker.DockerClient
 ) -> None:
-    client = granting_app.test_client()
+    client = authorized_client(granting_app)
     spec = run_spec(
         name="granted",
         command=["sleep", "3600"],
@@ -156,7 +157,7 @@ def test_only_the_granted_directories_themselves(granting_app: Flask, granted_di
     # symlink between the check and the engine's next mount: subdirectories are refused.
     (granted_dir / "sub").mkdir()
     (granted_dir / "escape").symlink_to("/etc")
-    client = granting_app.test_client()
+    client = authorized_client(granting_app)
     for source, reason in [
         (f"{granted_dir}/sub", "inside a granted directory"),
         (f"{granted_dir}/escape", "inside a granted directory"),
@@ -182,7 +183,7 @@ def test_a_granted_directory_must_exist_and_be_no_symlink(
     missing = tmp_path / "missing"
     app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": f"{link},{missing}"})
     try:
-        client = app.test_client()
+        client = authorized_client(app)
         for source, reason in [(link, "goes through a symlink"), (missing, "does not exist")]:
             response = client.post(f"{API}/containers", json=run_spec(volumes=[f"{source}:/x"]))
             assert response.status_code == 403
@@ -210,7 +211,7 @@ def test_a_directory_holding_the_engine_socket_is_refused(
     socket_dir = str(docker_engine.root)
     app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": socket_dir})
     try:
-        response = app.test_client().post(
+        response = authorized_client(app).post(
             f"{API}/containers", json=run_spec(volumes=[f"{socket_dir}:/x"])
         )
         assert response.status_code == 403

@@ -53,8 +53,8 @@ def events(response: requests.Response) -> Iterator[Event]:
 
 
 @contextmanager
-def stream(url: str, **headers: str) -> Iterator[requests.Response]:
-    with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+def stream(server: LiveServer, url: str, **headers: str) -> Iterator[requests.Response]:
+    with requests.get(url, stream=True, timeout=30, headers={**server.auth, **headers}) as response:
         yield response
 
 
@@ -78,7 +78,7 @@ def test_logs_stream_follows_both_streams_until_the_container_ends(
         "/api/container-manager/containers",
         json=run_spec(name="brief", command=["sh", "-c", script]),
     )
-    with stream(cm_server.api("/containers/brief/logs/stream?tail=100")) as response:
+    with stream(cm_server, cm_server.api("/containers/brief/logs/stream?tail=100")) as response:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Cache-Control"] == "no-cache"
@@ -99,7 +99,7 @@ def test_heartbeats_while_the_container_is_silent(
         "/api/container-manager/containers",
         json=run_spec(name="quiet", command=["sleep", "3600"]),
     )
-    with stream(cm_server.api("/containers/quiet/logs/stream")) as response:
+    with stream(cm_server, cm_server.api("/containers/quiet/logs/stream")) as response:
         received = events(response)
         comments = [next(received).comments for _ in range(3)]
     assert comments[0] == ["stream open"]
@@ -112,7 +112,7 @@ def test_resume_with_last_event_id_loses_and_repeats_nothing(
     start_counter(cm_client)
     url = cm_server.api("/containers/counter/logs/stream?tail=10000")
     first: list[dict[str, Any]] = []
-    with stream(url) as response:
+    with stream(cm_server, url) as response:
         for event in events(response):
             if event.data and "text" in event.data:
                 first.append(event.data)
@@ -121,7 +121,7 @@ def test_resume_with_last_event_id_loses_and_repeats_nothing(
                 break
     assert last_id and "|" in last_id  # one position per stream
     second: list[dict[str, Any]] = []
-    with stream(url, **{"Last-Event-ID": last_id}) as response:
+    with stream(cm_server, url, **{"Last-Event-ID": last_id}) as response:
         for event in events(response):
             if event.data and "text" in event.data:
                 second.append(event.data)
@@ -138,7 +138,7 @@ def test_the_docker_stream_closes_when_the_client_goes(
 ) -> None:
     start_counter(cm_client)
     before = sse_readers()
-    with stream(cm_server.api("/containers/counter/logs/stream")) as response:
+    with stream(cm_server, cm_server.api("/containers/counter/logs/stream")) as response:
         received = events(response)
         wait_for(lambda: (e := next(received)).data and "text" in e.data, what="a line")
         assert sse_readers() == before + 2  # stdout and stderr
@@ -147,7 +147,7 @@ def test_the_docker_stream_closes_when_the_client_goes(
 
 
 def test_unknown_container_stream_is_404(cm_server: LiveServer) -> None:
-    response = requests.get(cm_server.api("/containers/ghost/logs/stream"), timeout=10)
+    response = cm_server.session.get(cm_server.api("/containers/ghost/logs/stream"), timeout=10)
     assert response.status_code == 404
     assert response.json()["message"]
 
@@ -155,7 +155,7 @@ def test_unknown_container_stream_is_404(cm_server: LiveServer) -> None:
 def test_events_stream_shows_managed_objects_only(
     cm_server: LiveServer, cm_client: FlaskClient, docker_client: docker.DockerClient
 ) -> None:
-    with stream(cm_server.api("/events/stream")) as response:
+    with stream(cm_server, cm_server.api("/events/stream")) as response:
         received = events(response)
         assert next(received).comments == ["stream open"]
         docker_client.containers.run(TEST_IMAGE, ["true"], name="outsider", detach=True)
@@ -174,10 +174,12 @@ def test_too_many_streams_are_refused(cm_server: LiveServer, cm_client: FlaskCli
     opened = []
     try:
         for _ in range(8):  # the default max_streams
-            response = requests.get(cm_server.api("/events/stream"), stream=True, timeout=10)
+            response = cm_server.session.get(
+                cm_server.api("/events/stream"), stream=True, timeout=10
+            )
             assert response.status_code == 200
             opened.append(response)
-        refused = requests.get(cm_server.api("/events/stream"), timeout=10)
+        refused = cm_server.session.get(cm_server.api("/events/stream"), timeout=10)
         assert refused.status_code == 503
         assert "too many streams" in refused.json()["message"]
     finally:
@@ -185,7 +187,7 @@ def test_too_many_streams_are_refused(cm_server: LiveServer, cm_client: FlaskCli
             response.close()
 
     def slot_free() -> bool:
-        with stream(cm_server.api("/events/stream")) as response:
+        with stream(cm_server, cm_server.api("/events/stream")) as response:
             return response.status_code == 200
 
     wait_for(slot_free, what="a slot to free up")
@@ -195,9 +197,9 @@ def test_head_requests_free_their_stream_slot(cm_server: LiveServer) -> None:
     # A HEAD's body never runs: the Docker stream and the slot are freed all the same.
     before = sse_readers()
     for _ in range(10):  # more than max_streams
-        response = requests.head(cm_server.api("/events/stream"), timeout=10)
+        response = cm_server.session.head(cm_server.api("/events/stream"), timeout=10)
         assert response.status_code == 200
-    with stream(cm_server.api("/events/stream")) as response:
+    with stream(cm_server, cm_server.api("/events/stream")) as response:
         assert response.status_code == 200
     wait_for(lambda: sse_readers() == before, what="no reader threads left")
 
@@ -206,13 +208,15 @@ def test_a_bad_last_event_id_starts_afresh(cm_server: LiveServer, cm_client: Fla
     start_counter(cm_client)
     for bad in ("1.x", "2026-01-01T00:00:00Z|x.y", "garbage|", "|"):
         with stream(
-            cm_server.api("/containers/counter/logs/stream?tail=1"), **{"Last-Event-ID": bad}
+            cm_server,
+            cm_server.api("/containers/counter/logs/stream?tail=1"),
+            **{"Last-Event-ID": bad},
         ) as response:
             assert response.status_code == 200, bad
             received = events(response)
             first = next(e for e in received if e.data)
             assert first.data["text"].startswith(("line", "e"))
-    with stream(cm_server.api("/events/stream"), **{"Last-Event-ID": "1.x"}) as response:
+    with stream(cm_server, cm_server.api("/events/stream"), **{"Last-Event-ID": "1.x"}) as response:
         assert response.status_code == 200
 
 
@@ -235,9 +239,9 @@ def test_resume_does_not_replay_a_silent_stream(
         what="stdout to start",
     )
     url = cm_server.api("/containers/mixed/logs/stream?tail=0")
-    with stream(url) as response:
+    with stream(cm_server, url) as response:
         first = next(e for e in events(response) if e.data and "text" in e.data)
-    with stream(url, **{"Last-Event-ID": first.id}) as response:
+    with stream(cm_server, url, **{"Last-Event-ID": first.id}) as response:
         texts = []
         for event in events(response):
             if event.data and "text" in event.data:

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import authorized_client
 
 SENSORS_TOML = """
 [sensors.temp]
@@ -58,4 +59,4 @@ def device_app(device_config: dict[str, Any]) -> Iterator[Flask]:
 
 @pytest.fixture
 def device_client(device_app: Flask) -> FlaskClient:
-    return device_app.test_client()
+    return authorized_client(device_app)

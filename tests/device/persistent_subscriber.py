@@ -18,7 +18,15 @@ class PersistentSubscriber:
     """What the README tells a consumer to do: a fixed client id, clean_start off, a
     session that outlives a disconnect, QoS 1; it records every reading's seq per sensor."""
 
-    def __init__(self, host: str, port: int, client_id: str, topic: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        topic: str,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.topic = topic
         self.seqs: dict[str, list[int]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -27,6 +35,8 @@ class PersistentSubscriber:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self._subscribed.set()

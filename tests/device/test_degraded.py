@@ -11,9 +11,7 @@ import pytest
 from flask import Flask
 
 from edge_server import create_app
-from edge_server.broker import Mosquitto
-from edge_server.config import REPO_MQTT_CONFIG
-from tests.conftest import free_port
+from tests.conftest import app_login, authorized_client, start_broker
 from tests.mqtt_recorder import MqttRecorder
 
 W1_GOOD = "57 01 4b 46 7f ff 0c 10 a2 : crc=a2 YES\n57 01 4b 46 7f ff 0c 10 a2 t=21375\n"
@@ -54,7 +52,7 @@ def two_sensor_app(app_config: dict[str, Any], tmp_path: Path, w1_root: Path) ->
 def test_a_failing_sensor_is_unavailable_and_the_others_go_on(
     two_sensor_app: Flask, w1_root: Path, recorder: MqttRecorder, node_id: str
 ) -> None:
-    client = two_sensor_app.test_client()
+    client = authorized_client(two_sensor_app)
     base = f"pyedge/{node_id}/device-service/sensors"
     recorder.subscribe(f"{base}/#")
     assert recorder.wait_for(f"{base}/water").json()["value"] == 21.375
@@ -75,7 +73,7 @@ def test_a_failing_sensor_is_unavailable_and_the_others_go_on(
 def test_a_full_disk_degrades_without_crashing(
     two_sensor_app: Flask, recorder: MqttRecorder, node_id: str
 ) -> None:
-    client = two_sensor_app.test_client()
+    client = authorized_client(two_sensor_app)
     device = two_sensor_app.extensions["pyedge"].runtimes["device-service"].extras["device"]
     wait_for(lambda: client.get("/api/device-service/outbox").json["drained"] > 0)
     # SQLite's own page limit: the same SQLITE_FULL error a full file system gives.
@@ -93,14 +91,14 @@ def test_a_full_disk_degrades_without_crashing(
 def test_paho_holds_at_most_the_inflight_window_while_the_broker_is_away(
     app_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    broker = Mosquitto(REPO_MQTT_CONFIG, tmp_path / "broker", "127.0.0.1", free_port())
-    broker.start()
+    broker = start_broker(tmp_path / "broker")
     sensors = tmp_path / "sensors.toml"
     sensors.write_text('[sensors.temp]\ndriver = "simulated"\ninterval = 0.01\n')
     app = create_app(
         {
             **app_config,
             "EDGE_MQTT_PORT": broker.port,
+            **app_login(broker.accounts),
             "EDGE_SERVICES": "device-service",
             "EDGE_SENSORS": str(sensors),
             "EDGE_DEVICE_SERVICE_INFLIGHT": 20,
@@ -110,7 +108,7 @@ def test_paho_holds_at_most_the_inflight_window_while_the_broker_is_away(
         runtime = app.extensions["pyedge"].runtimes["device-service"]
         assert runtime.bus.wait_connected(5)
         broker.stop()
-        client = app.test_client()
+        client = authorized_client(app)
         wait_for(lambda: client.get("/api/device-service/outbox").json["depth"] > 300)
         # Readings wait in the outbox, not in paho's memory.
         assert len(runtime.bus._client._out_messages) <= 20 + 10  # the window + state topics
@@ -120,7 +118,7 @@ def test_paho_holds_at_most_the_inflight_window_while_the_broker_is_away(
 
 
 def test_purge_history_removes_old_readings(two_sensor_app: Flask) -> None:
-    client = two_sensor_app.test_client()
+    client = authorized_client(two_sensor_app)
     wait_for(lambda: client.get("/api/device-service/outbox").json["drained"] > 4)
     client.post("/api/device-service/ops/purge_history/start", json={"older_than": 0})
     session = client.post("/api/device-service/ops/purge_history/wait?timeout=5").json

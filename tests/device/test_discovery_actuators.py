@@ -13,7 +13,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_server import create_app
+from tests.conftest import Broker, authorized_client
 from tests.mqtt_recorder import MqttRecorder
+
+# The default prefix: the test broker's ACL lets the device-service announce under it, for
+# its own node only (<prefix>/<component>/<node>/...), which keeps the tests apart.
+PREFIX = "homeassistant"
 
 SENSORS = """
 [sensors.temp]
@@ -55,7 +60,6 @@ def start(config: dict[str, Any], tmp_path: Path, text: str = SENSORS) -> Flask:
             **config,
             "EDGE_SERVICES": "device-service",
             "EDGE_SENSORS": str(path),
-            "EDGE_DEVICE_SERVICE_DISCOVERY_PREFIX": f"ha-{config['EDGE_NODE_ID']}",
         }
     )
     assert app.extensions["pyedge"].bus.wait_connected(5)
@@ -69,11 +73,21 @@ def gpio_app(app_config: dict[str, Any], tmp_path: Path, mock_gpio: None) -> Ite
     app.extensions["pyedge"].close()
 
 
+@pytest.fixture
+def home_assistant(broker: Broker, node_id: str) -> Iterator[MqttRecorder]:
+    """A client logged in as Home Assistant is: it may announce its birth and switch."""
+    client = MqttRecorder(
+        broker.host, broker.port, f"ha-{node_id}", **broker.login("homeassistant")
+    )
+    yield client
+    client.close()
+
+
 def test_discovery_configs_describe_every_entity(
     gpio_app: Flask, recorder: MqttRecorder, node_id: str
 ) -> None:
-    prefix = f"ha-{node_id}"
-    recorder.subscribe(f"{prefix}/#")
+    prefix = PREFIX
+    recorder.subscribe(f"{prefix}/+/{node_id}/#")
     temp = recorder.wait_for(f"{prefix}/sensor/{node_id}/temp/config").json()
     assert temp["unique_id"] == f"pyedge_{node_id}_temp"
     assert temp["state_topic"] == f"pyedge/{node_id}/device-service/sensors/temp"
@@ -98,27 +112,27 @@ def test_discovery_configs_describe_every_entity(
 
 
 def test_configs_are_announced_again_when_home_assistant_is_born(
-    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+    gpio_app: Flask, recorder: MqttRecorder, home_assistant: MqttRecorder, node_id: str
 ) -> None:
-    prefix = f"ha-{node_id}"
+    prefix = PREFIX
     topic = f"{prefix}/sensor/{node_id}/temp/config"
     recorder.subscribe(topic)
     recorder.wait_for(topic)
     seen = len(recorder.messages)
-    recorder.client.publish(f"{prefix}/status", b"online", qos=1).wait_for_publish(5)
+    home_assistant.client.publish(f"{prefix}/status", b"online", qos=1).wait_for_publish(5)
     again = recorder.wait_for(topic, after=seen)
     assert not again.retain  # a live re-announcement, not the retained copy
 
 
 def test_an_actuator_switches_over_mqtt_and_echoes_its_state(
-    gpio_app: Flask, recorder: MqttRecorder, node_id: str
+    gpio_app: Flask, recorder: MqttRecorder, home_assistant: MqttRecorder, node_id: str
 ) -> None:
     base = f"pyedge/{node_id}/device-service/actuators/pump"
     recorder.subscribe(base)
     recorder.wait_for(base, lambda m: m.payload == b"OFF")
-    recorder.client.publish(f"{base}/set", b"ON", qos=1)
+    home_assistant.client.publish(f"{base}/set", b"ON", qos=1)
     recorder.wait_for(base, lambda m: m.payload == b"ON")
-    recorder.client.publish(f"{base}/set", json.dumps({"state": False}), qos=1)
+    home_assistant.client.publish(f"{base}/set", json.dumps({"state": False}), qos=1)
     recorder.wait_for(base, lambda m: m.payload == b"OFF", after=2)
     pin = gpio_app.extensions["pyedge"].runtimes["device-service"].extras["device"]
     assert pin.actuator_states["pump"] is False
@@ -127,7 +141,7 @@ def test_an_actuator_switches_over_mqtt_and_echoes_its_state(
 def test_an_actuator_switches_over_the_api(
     gpio_app: Flask, recorder: MqttRecorder, node_id: str
 ) -> None:
-    client: FlaskClient = gpio_app.test_client()
+    client: FlaskClient = authorized_client(gpio_app)
     base = f"pyedge/{node_id}/device-service/actuators/pump"
     recorder.subscribe(base)
     response = client.put("/api/device-service/actuators/pump", json={"state": True})
@@ -162,9 +176,9 @@ def test_no_ghost_entity_is_left_behind(
     first.extensions["pyedge"].close()
     second = start({**app_config, **changes}, tmp_path, sensors)  # same data dir: it remembers
     try:
-        prefix = f"ha-{node_id}"
+        prefix = PREFIX
         time.sleep(0.5)  # the clearing messages are out
-        recorder.subscribe(f"{prefix}/#")
+        recorder.subscribe(f"{prefix}/+/{node_id}/#")
         time.sleep(0.5)  # every retained config left would have arrived by now
         retained = {m.topic for m in recorder.messages if m.retain and m.payload}
         assert retained == {f"{prefix}/{topic.format(node=node_id)}" for topic in left}

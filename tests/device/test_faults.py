@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -18,7 +19,14 @@ import pytest
 from edge_server import create_app
 from edge_server.broker import Mosquitto
 from edge_server.config import REPO_MQTT_CONFIG
-from tests.conftest import free_port
+from tests.conftest import (
+    Broker,
+    app_login,
+    authorized_client,
+    broker_accounts,
+    free_port,
+    start_broker,
+)
 from tests.device.conftest import write_sensors
 from tests.device.persistent_subscriber import PersistentSubscriber, account
 
@@ -59,8 +67,7 @@ def check_every_seq(subscriber: PersistentSubscriber, last: dict[str, int]) -> d
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A broker of this test's own, to stop and start again on the same port and data."""
-    broker = Mosquitto(REPO_MQTT_CONFIG, tmp_path / "broker", "127.0.0.1", free_port())
-    broker.start()
+    broker = start_broker(tmp_path / "broker")
     yield broker
     broker.stop()
 
@@ -73,9 +80,11 @@ def test_broker_away_for_seconds_loses_nothing(
         own_broker.port,
         f"sub-{node_id}",
         f"pyedge/{node_id}/device-service/sensors/+",
+        **own_broker.accounts.login("subscriber"),
     )
     app = create_app(
         {
+            **app_login(own_broker.accounts),
             "EDGE_MQTT_PORT": own_broker.port,
             "EDGE_NODE_ID": node_id,
             "EDGE_DATA_DIR": str(tmp_path / "data"),
@@ -84,7 +93,7 @@ def test_broker_away_for_seconds_loses_nothing(
             "EDGE_DEVICE_SERVICE_DRAIN_RATE": DRAIN_RATE,
         }
     )
-    client = app.test_client()
+    client = authorized_client(app)
     try:
         time.sleep(1.0)
         own_broker.stop()  # SIGTERM: the broker saves the subscriber's session and queue
@@ -116,12 +125,17 @@ def test_broker_away_for_seconds_loses_nothing(
         subscriber.close()
 
 
-def start_service(tmp_path: Path, node_id: str, port: int) -> subprocess.Popen[bytes]:
+def start_service(tmp_path: Path, node_id: str, broker: Broker) -> subprocess.Popen[bytes]:
     """The device-service in a process of its own, as `pyedge run` serves it."""
+    # Its broker account in a file, as a service started on its own is given it.
+    credentials = tmp_path / "mqtt-credentials.json"
+    credentials.write_text(json.dumps(broker.login()))
+    credentials.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update(
         EDGE_NODE_ID=node_id,
-        EDGE_MQTT_PORT=str(port),
+        EDGE_MQTT_PORT=str(broker.port),
+        EDGE_MQTT_CREDENTIALS=str(credentials),
         EDGE_SERVICES="device-service",
         EDGE_DATA_DIR=str(tmp_path / "data"),
         EDGE_HTTP_HOST="127.0.0.1",
@@ -140,13 +154,17 @@ def start_service(tmp_path: Path, node_id: str, port: int) -> subprocess.Popen[b
 
 
 def test_a_killed_service_goes_on_from_where_it_was(
-    broker: Any, tmp_path: Path, node_id: str
+    broker: Broker, tmp_path: Path, node_id: str
 ) -> None:
     topic = f"pyedge/{node_id}/device-service/sensors/+"
     subscriber = PersistentSubscriber(
-        broker.host, broker.port, f"kill-{uuid.uuid4().hex[:6]}", topic
+        broker.host,
+        broker.port,
+        f"kill-{uuid.uuid4().hex[:6]}",
+        topic,
+        **broker.login("subscriber"),
     )
-    first = start_service(tmp_path, node_id, broker.port)
+    first = start_service(tmp_path, node_id, broker)
     try:
         wait_until(
             lambda: len(subscriber.received("temp")) >= 50,
@@ -157,7 +175,7 @@ def test_a_killed_service_goes_on_from_where_it_was(
         os.killpg(first.pid, signal.SIGKILL)  # no goodbye: whatever was in flight is cut
         first.wait(10)
         killed_at = max(subscriber.received("temp"))
-        second = start_service(tmp_path, node_id, broker.port)
+        second = start_service(tmp_path, node_id, broker)
         try:
             wait_until(
                 lambda: max(subscriber.received("temp")) >= killed_at + 50,
@@ -184,31 +202,34 @@ def test_readings_the_broker_refuses_are_kept_and_sent_once_allowed(
     from tests.mqtt_recorder import MqttRecorder
 
     monkeypatch.setattr(forwarder, "RETRY_S", 0.5)
-    acl = tmp_path / "acl"
+    accounts = broker_accounts(tmp_path / "broker")
+    acl = accounts.acl
     # Everything but the readings themselves: their PUBACKs say 0x87 Not authorized.
     acl.write_text(
-        "topic read #\ntopic write pyedge/+/+/status\ntopic write pyedge/+/+/ops/#\n"
+        "user subscriber\ntopic read #\n"
+        "user edge-server\ntopic read #\ntopic write pyedge/+/+/status\n"
+        "topic write pyedge/+/+/ops/#\n"
         "topic write pyedge/+/device-service/sensors/+/availability\ntopic write homeassistant/#\n"
     )
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(REPO_MQTT_CONFIG.read_text() + f"\nacl_file {acl}\n")
-    broker = Mosquitto(config, tmp_path / "broker", "127.0.0.1", free_port())
+    broker = Mosquitto(REPO_MQTT_CONFIG, tmp_path / "broker", "127.0.0.1", free_port(), accounts)
     broker.start()
-    recorder = MqttRecorder("127.0.0.1", broker.port, f"acl-{node_id}")
+    recorder = MqttRecorder(
+        "127.0.0.1", broker.port, f"acl-{node_id}", **accounts.login("subscriber")
+    )
     topic = f"pyedge/{node_id}/device-service/sensors/temp"
     recorder.subscribe(topic)
     app = create_app({
-        "EDGE_MQTT_PORT": broker.port, "EDGE_NODE_ID": node_id,
+        **app_login(accounts), "EDGE_MQTT_PORT": broker.port, "EDGE_NODE_ID": node_id,
         "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_SERVICES": "device-service",
         "EDGE_DEVICE_SERVICE_SENSORS": str(write_sensors(tmp_path / "s.toml", 0.1)),
     })  # fmt: skip
-    client = app.test_client()
+    client = authorized_client(app)
     try:
         wait_until(lambda: client.get("/api/health").status_code == 503, 10, "degraded")
         detail = client.get("/api/health").json["services"]["device-service"]["detail"]
         assert "refused" in detail and "Not authorized" in detail
         assert client.get("/api/device-service/outbox").json["drained"] == 0  # none lost
-        acl.write_text("topic readwrite #\n")
+        acl.write_text("user subscriber\ntopic read #\nuser edge-server\ntopic readwrite #\n")
         assert broker.process is not None
         broker.process.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL
         wait_until(lambda: client.get("/api/health").status_code == 200, 15, "recovery")

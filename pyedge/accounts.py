@@ -1,0 +1,311 @@
+"""Users, API tokens, the audit log and the first-run setup code, in one SQLite file.
+
+Passwords are hashed with Argon2id (argon2-cffi's defaults); tokens are 256 random bits,
+so a SHA-256 of each is enough to store and look up. Nothing readable is kept of either:
+a token is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from pyedge.errors import PyEdgeError
+from pyedge.security import Role
+from pyedge.sqlite import transaction
+
+TOKEN_PREFIX = "pye_"
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+MIN_PASSWORD = 8
+SETUP_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a log
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    expires_at TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER,
+    remote TEXT,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS setup (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    code_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+
+class AccountError(PyEdgeError):
+    """A bad name, password or role, a duplicate, or the store failing."""
+
+
+class NoSuchAccount(AccountError):
+    """No user or token of that name."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: a user (logged in) or a token, with its role."""
+
+    name: str
+    role: Role
+    kind: str  # "user" or "token"
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names it, e.g. user:alice or token:ci."""
+        return f"{self.kind}:{self.name}"
+
+
+def now() -> str:
+    """The time as the store writes it (ISO 8601 UTC, seconds)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    """A user or token name: 1-64 of letters, digits and . _ - @."""
+    if not 1 <= len(name) <= 64 or set(name) - NAME_CHARS:
+        raise AccountError(f"{name!r}: names are 1-64 letters, digits, '.', '_', '-', '@'")
+    return name
+
+
+class AccountStore:
+    """The node's accounts in `<data_dir>/accounts.db`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._hasher = PasswordHasher()
+        self._dummy = ""
+        with self._session() as db:
+            db.executescript(SCHEMA)  # a script commits by itself
+        path.chmod(0o600)
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection of its own per call: the CLI and the server share the file, and
+        a request never waits for another's; any SQLite error becomes an AccountError."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        except sqlite3.Error as exc:
+            raise AccountError(f"accounts {self.path}: {exc}") from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL with NORMAL: a power cut may lose the last commit (a last-use time, an
+            # audit line), never corrupt the file; a flush per request would wear an SD card.
+            db.execute("PRAGMA synchronous=NORMAL")
+            with transaction(db, write):
+                yield db
+        except sqlite3.IntegrityError as exc:
+            raise AccountError(f"already exists ({exc})") from exc
+        except sqlite3.Error as exc:
+            raise AccountError(f"accounts {self.path}: {exc}") from exc
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        """Nothing to close: every call opens and closes its own connection."""
+
+    # --- users ----------------------------------------------------------------------------
+
+    def add_user(self, name: str, password: str, role: Role) -> None:
+        """Create a user; AccountError if the name is taken or the password too short."""
+        check_name(name)
+        if len(password) < MIN_PASSWORD:
+            raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        hashed = self._hasher.hash(password)
+        with self._session(write=True) as db:
+            db.execute(
+                "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, role.label, hashed, now()),
+            )
+
+    def has_users(self) -> bool:
+        """True once any user exists (the first run is over)."""
+        with self._session() as db:
+            return db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user: name, role, created_at."""
+        with self._session() as db:
+            rows = db.execute("SELECT name, role, created_at FROM users ORDER BY name").fetchall()
+        return [{"name": n, "role": r, "created_at": c} for n, r, c in rows]
+
+    def user(self, name: str) -> Identity | None:
+        """A user's identity (its current role), or None."""
+        with self._session() as db:
+            row = db.execute("SELECT role FROM users WHERE name = ?", (name,)).fetchone()
+        return Identity(name, Role.parse(row[0]), "user") if row else None
+
+    def delete_user(self, name: str) -> None:
+        """Delete a user; NoSuchAccount if there is none."""
+        with self._session(write=True) as db:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise NoSuchAccount(f"no user {name!r}")
+
+    def verify_password(self, name: str, password: str) -> Identity | None:
+        """The user's identity when the password is right, else None (same time either way)."""
+        with self._session() as db:
+            row = db.execute(
+                "SELECT role, password_hash FROM users WHERE name = ?", (name,)
+            ).fetchone()
+        # An unknown name is hashed against a dummy, so that timing does not tell names.
+        stored = row[1] if row else self._dummy_hash()
+        try:
+            self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return Identity(name, Role.parse(row[0]), "user") if row else None
+
+    def _dummy_hash(self) -> str:
+        if not self._dummy:
+            self._dummy = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def create_token(self, name: str, role: Role, expires_days: float | None = None) -> str:
+        """Create a named token; returns it (the only time it is readable)."""
+        check_name(name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires = (
+            (datetime.now(UTC) + timedelta(days=expires_days)).isoformat(timespec="seconds")
+            if expires_days
+            else None
+        )
+        with self._session(write=True) as db:
+            db.execute(
+                "INSERT INTO tokens (name, role, token_hash, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, role.label, _digest(token), now(), expires),
+            )
+        return token
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token: name, role, created_at, last_used_at, expires_at (never the token)."""
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT name, role, created_at, last_used_at, expires_at FROM tokens ORDER BY name"
+            ).fetchall()
+        keys = ("name", "role", "created_at", "last_used_at", "expires_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke (delete) a token; NoSuchAccount if there is none."""
+        with self._session(write=True) as db:
+            if db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
+                raise NoSuchAccount(f"no token {name!r}")
+
+    def verify_token(self, token: str) -> Identity | None:
+        """The token's identity if it exists and has not expired; notes its last use."""
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        stamp = now()
+        with self._session() as db:
+            row = db.execute(
+                "SELECT name, role, expires_at, last_used_at FROM tokens WHERE token_hash = ?",
+                (_digest(token),),
+            ).fetchone()
+        if row is None or (row[2] is not None and row[2] <= stamp):
+            return None
+        name, role, _expires, last_used = row
+        # Written at most once a minute: a write per request would cost a commit each.
+        if last_used is None or last_used[:16] != stamp[:16]:
+            with self._session(write=True) as db:
+                db.execute("UPDATE tokens SET last_used_at = ? WHERE name = ?", (stamp, name))
+        return Identity(name, Role.parse(role), "token")
+
+    # --- first run ------------------------------------------------------------------------
+
+    def new_setup_code(self) -> str:
+        """A fresh one-time setup code (the previous one stops working)."""
+        code = "-".join(
+            "".join(secrets.choice(SETUP_CODE_ALPHABET) for _ in range(4)) for _ in range(3)
+        )
+        with self._session(write=True) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO setup (id, code_hash, created_at) VALUES (1, ?, ?)",
+                (_digest(code), now()),
+            )
+        return code
+
+    def first_admin(self, code: str, name: str, password: str) -> Identity:
+        """Create the first admin with the setup code; the code works once.
+
+        AccountError when the code is wrong or used, or an admin exists already.
+        """
+        with self._session() as db:
+            row = db.execute("SELECT code_hash FROM setup WHERE id = 1").fetchone()
+        given = _digest(code.strip().upper())
+        if row is None or not hmac.compare_digest(row[0], given):
+            raise AccountError("wrong or used setup code")
+        if self.has_users():
+            raise AccountError("the first admin exists already")
+        self.add_user(name, password, Role.ADMIN)
+        with self._session(write=True) as db:
+            db.execute("DELETE FROM setup WHERE id = 1")
+        return Identity(name, Role.ADMIN, "user")
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        status: int | None,
+        remote: str | None,
+        detail: str = "",
+    ) -> None:
+        """Record a change: who, what, on what, with which outcome, from where."""
+        with self._session(write=True) as db:
+            db.execute(
+                "INSERT INTO audit (ts, actor, action, target, status, remote, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now(), actor, action, target, status, remote, detail),
+            )
+
+    def audit_log(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        """The latest entries, newest first (`before`: entries with a smaller id)."""
+        query = "SELECT id, ts, actor, action, target, status, remote, detail FROM audit"
+        args: tuple[Any, ...] = ()
+        if before is not None:
+            query += " WHERE id < ?"
+            args = (before,)
+        with self._session() as db:
+            rows = db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        keys = ("id", "ts", "actor", "action", "target", "status", "remote", "detail")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
