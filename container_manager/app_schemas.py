@@ -123,7 +123,10 @@ class ApplyArgs(ma.Schema):
 
     force = ma.fields.Boolean(
         load_default=False,
-        metadata={"description": "replace containers of the target names PyEdge did not create"},
+        metadata={
+            "description": "replace containers of the target names that PyEdge did not create,"
+            " and adopt such networks and volumes as they are (never another app's)"
+        },
     )
 
 
@@ -131,7 +134,11 @@ class DeleteArgs(ma.Schema):
     """Query of DELETE /apps/<name>."""
 
     volumes = ma.fields.Boolean(
-        load_default=False, metadata={"description": "remove the app's named volumes too"}
+        load_default=False,
+        metadata={
+            "description": "remove the app's named volumes too (those it created; never an"
+            " adopted one)"
+        },
     )
 
 
@@ -139,7 +146,10 @@ class StepSchema(ma.Schema):
     """One step of a plan."""
 
     action = ma.fields.String(
-        metadata={"description": "create, start, recreate, remove, create_network or create_volume"}
+        metadata={
+            "description": "create, start, stop (denied by the policy), recreate, remove,"
+            " create_network or create_volume"
+        }
     )
     service = ma.fields.String()
     network = ma.fields.String()
@@ -157,7 +167,7 @@ class ViolationSchema(ma.Schema):
 
 
 class ConflictSchema(ma.Schema):
-    """An engine object in the app's way that PyEdge will not change on its own."""
+    """An engine object in the app's way that PyEdge will not change or use on its own."""
 
     service = ma.fields.String()
     network = ma.fields.String()
@@ -165,7 +175,11 @@ class ConflictSchema(ma.Schema):
     container = ma.fields.String(metadata={"description": "its name"})
     id = ma.fields.String()
     reason = ma.fields.String()
-    forceable = ma.fields.Boolean(metadata={"description": "force=true removes and replaces it"})
+    forceable = ma.fields.Boolean(
+        metadata={
+            "description": "force=true replaces the container, or adopts the network or volume"
+        }
+    )
 
 
 class PlanSchema(ma.Schema):
@@ -196,7 +210,8 @@ class ServiceStateSchema(ma.Schema):
     status = ma.fields.String(
         metadata={
             "description": "running, converging, exited (not to be restarted), degraded "
-            "(crash-looping), conflict (a container in the way) or denied (by the policy)"
+            "(crash-looping, or its spec refused before reaching the engine), conflict (a "
+            "container, network or volume in the way) or denied (by the policy: stopped)"
         }
     )
     last_error = ma.fields.String(allow_none=True)
@@ -209,7 +224,10 @@ class AppSchema(ma.Schema):
     generation = ma.fields.Integer(metadata={"description": "grows with each changed spec"})
     updated_at = ma.fields.String()
     status = ma.fields.String(metadata={"description": "running, degraded, converging or stopped"})
-    error = ma.fields.String(allow_none=True)
+    error = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "why its last pass failed as a whole (then it is degraded)"},
+    )
     services = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Nested(ServiceStateSchema))
 
 
@@ -217,3 +235,10 @@ class AppDetailSchema(AppSchema):
     """An app with its spec as it was given."""
 
     spec = ma.fields.Dict()
+    adopted = ma.fields.List(
+        ma.fields.String(),
+        metadata={
+            "description": "networks and volumes PyEdge did not create that the app uses"
+            " (adopted with force=true); nothing removes them"
+        },
+    )

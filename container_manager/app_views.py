@@ -23,7 +23,14 @@ from container_manager.app_schemas import (
     DeleteArgs,
     PlanSchema,
 )
-from container_manager.apps import AppStore, plan, service_violations
+from container_manager.apps import (
+    AppStore,
+    app_volumes,
+    network_name,
+    plan,
+    service_violations,
+    uses_app_network,
+)
 from container_manager.errors import Conflict, ContainerManagerError, NotFound, PolicyDenied
 from container_manager.reconciler import APPS, RECONCILER, Reconciler
 from container_manager.service import policy_of, service
@@ -70,6 +77,17 @@ def raw_spec() -> dict[str, Any]:
     return body
 
 
+def adopted_targets(
+    name: str, loaded: dict[str, Any], adopted: tuple[str, ...], forced: list[str | None]
+) -> tuple[str, ...]:
+    """The adopted networks and volumes the spec still uses (a dropped one needs force again)."""
+    services = loaded["services"]
+    targets = set(app_volumes(name, services))
+    if any(uses_app_network(spec) for spec in services.values()):
+        targets.add(network_name(name))
+    return tuple(sorted({n for n in (*adopted, *forced) if n and n in targets}))
+
+
 @blp.route("/apps")
 class Apps(MethodView):
     @blp.response(200, AppSchema(many=True))
@@ -95,15 +113,20 @@ class AppResource(MethodView):
     @blp.response(200, AppDetailSchema)
     @blp.alt_response(201, schema=AppDetailSchema, description="The app is new")
     @blp.alt_response(403, description="Denied by the security policy; errors.violations")
-    @blp.alt_response(409, description="A container in the way; errors.conflicts")
+    @blp.alt_response(
+        409, description="A container, network or volume in the way; errors.conflicts"
+    )
     def put(
         self, loaded: dict[str, Any], args: dict[str, Any], name: str
     ) -> tuple[dict[str, Any], int]:
         """Deploy an app: store its spec as the desired state; the reconciler converges.
 
         Each service is checked against the security policy first (403 with every
-        violation, nothing stored). A container with a target name that PyEdge did not
-        create is a conflict (409) unless force=true, which removes it.
+        violation, nothing stored). A container, network or volume with a target name that
+        the app did not create is a conflict (409). With force=true such a container is
+        removed, and such a network or volume adopted as it is (never removed, even by
+        DELETE ?volumes=true); one of another app, or a system one, never. Any PUT, even
+        of the same spec, starts the services' crash counts and backoff afresh.
         """
         name = checked_name(name)
         raw = raw_spec()
@@ -114,8 +137,10 @@ class AppResource(MethodView):
         if violations:
             raise PolicyDenied(violations)
         with rec.app_lock(name):
+            stored = store().get(name)
+            adopted = stored.adopted if stored else ()
             actual = rec.observe(name, loaded)
-            found = plan(name, raw, loaded, actual, policy, force=args["force"])
+            found = plan(name, raw, loaded, actual, policy, force=args["force"], adopted=adopted)
             blocking = [c for c in found.conflicts if not (args["force"] and c["forceable"])]
             if blocking:
                 reasons = "; ".join(
@@ -126,7 +151,10 @@ class AppResource(MethodView):
             for conflict in found.conflicts:
                 if "id" in conflict:
                     rec.remove_container(conflict["id"])
-            app, created = store().put(name, raw)
+            # What is left is forced networks and volumes: the app uses them from now on.
+            forced = [c.get("network") or c.get("volume") for c in found.conflicts]
+            app, created = store().put(name, raw, adopted_targets(name, loaded, adopted, forced))
+            rec.reset(name)
         rec.wake.set()
         status = HTTPStatus.CREATED if created else HTTPStatus.OK
         return rec.view(app, detail=True), status
@@ -155,6 +183,7 @@ class AppPlan(MethodView):
         """Dry run: the steps applying a spec would take, its violations and conflicts."""
         name = checked_name(name)
         rec = reconciler()
+        stored = store().get(name)
         found = plan(
             name,
             raw_spec(),
@@ -162,6 +191,7 @@ class AppPlan(MethodView):
             rec.observe(name, loaded),
             policy_of(service.runtime()),
             force=args["force"],
+            adopted=stored.adopted if stored else (),
         )
         return {
             "app": name,

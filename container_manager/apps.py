@@ -1,9 +1,9 @@
 """Apps: their desired state in SQLite, the names of their engine objects, and the planner.
 
-An app's spec is stored as the user sent it (validated), so that GET shows exactly that.
-The planner is a pure function of the desired spec, what the engine has and the policy;
-the reconciler (reconciler.py) carries its steps out, and POST /apps/<name>/plan only
-shows them.
+An app's spec is stored as the user sent it (validated), so that GET shows exactly that,
+with the networks and volumes it adopted (force=true) beside it. The planner is a pure
+function of the desired spec, what the engine has and the policy; the reconciler
+(reconciler.py) carries its steps out, and POST /apps/<name>/plan only shows them.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS apps (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     generation INTEGER NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    adopted TEXT NOT NULL DEFAULT '[]'
 );
 """
+# A container that a denied service may not keep running (stopped, never removed).
+LIVE_STATES = ("running", "paused", "restarting")
 
 
 def container_name(app: str, service: str) -> str:
@@ -62,6 +65,12 @@ def named_volumes(service: Mapping[str, Any]) -> list[str]:
     return [volume["source"] for volume in service["volumes"] if not volume["bind"]]
 
 
+def app_volumes(app: str, services: Mapping[str, Any]) -> list[str]:
+    """The engine volumes of an app's loaded services, each once, in the spec's order."""
+    found = (volume_name(app, v) for service in services.values() for v in named_volumes(service))
+    return list(dict.fromkeys(found))
+
+
 def uses_app_network(service: Mapping[str, Any]) -> bool:
     """True when the service joins the app's network (it sets no network_mode)."""
     return service["network_mode"] is None
@@ -78,6 +87,12 @@ def restart_wanted(restart: str, exit_code: int | None) -> bool:
     if name in ("always", "unless-stopped"):
         return True
     return name == "on-failure" and exit_code not in (None, 0)
+
+
+def denial(violations: list[dict[str, str]]) -> str:
+    """A service's policy violations as one line (its last_error)."""
+    reasons = "; ".join(f"{v['field']}: {v['reason']}" for v in violations)
+    return f"denied by the security policy: {reasons}"
 
 
 def max_restarts(restart: str) -> int | None:
@@ -100,6 +115,8 @@ class StoredApp:
     spec: dict[str, Any]
     generation: int
     updated_at: str
+    # Networks and volumes PyEdge did not create that a PUT with force=true let it use.
+    adopted: tuple[str, ...] = ()
 
 
 class AppStore:
@@ -116,39 +133,53 @@ class AppStore:
             # Writes are rare (one per PUT or DELETE): make each survive a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(apps)")}
+            if "adopted" not in columns:  # a store written before adoption existed
+                self._db.execute("ALTER TABLE apps ADD COLUMN adopted TEXT NOT NULL DEFAULT '[]'")
         except sqlite3.Error as exc:
             raise AppStoreError(f"app store {path}: {exc}") from exc
 
-    def put(self, name: str, spec: dict[str, Any]) -> tuple[StoredApp, bool]:
-        """Store an app's spec; (the app, True when it is new).
+    def put(
+        self, name: str, spec: dict[str, Any], adopted: tuple[str, ...] = ()
+    ) -> tuple[StoredApp, bool]:
+        """Store an app's spec and adopted objects; (the app, True when it is new).
 
         The generation grows only when the spec changes, so a repeated PUT is a no-op.
         """
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        adopted = tuple(sorted(set(adopted)))
+        adopted_text = json.dumps(adopted)
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._session(write=True):
             row = self._db.execute(
-                "SELECT spec, generation, updated_at FROM apps WHERE name = ?", (name,)
+                "SELECT spec, generation, updated_at, adopted FROM apps WHERE name = ?", (name,)
             ).fetchone()
             if row is None:
                 self._db.execute(
-                    "INSERT INTO apps (name, spec, generation, updated_at) VALUES (?, ?, 1, ?)",
-                    (name, text, now),
+                    "INSERT INTO apps (name, spec, generation, updated_at, adopted)"
+                    " VALUES (?, ?, 1, ?, ?)",
+                    (name, text, now, adopted_text),
                 )
-                return StoredApp(name, spec, 1, now), True
+                return StoredApp(name, spec, 1, now, adopted), True
             if row[0] == text:
-                return StoredApp(name, spec, row[1], row[2]), False
+                if row[3] != adopted_text:
+                    self._db.execute(
+                        "UPDATE apps SET adopted = ? WHERE name = ?", (adopted_text, name)
+                    )
+                return StoredApp(name, spec, row[1], row[2], adopted), False
             self._db.execute(
-                "UPDATE apps SET spec = ?, generation = ?, updated_at = ? WHERE name = ?",
-                (text, row[1] + 1, now, name),
+                "UPDATE apps SET spec = ?, generation = ?, updated_at = ?, adopted = ?"
+                " WHERE name = ?",
+                (text, row[1] + 1, now, adopted_text, name),
             )
-            return StoredApp(name, spec, row[1] + 1, now), False
+            return StoredApp(name, spec, row[1] + 1, now, adopted), False
 
     def get(self, name: str) -> StoredApp | None:
         """One app, or None."""
         with self._session():
             row = self._db.execute(
-                "SELECT name, spec, generation, updated_at FROM apps WHERE name = ?", (name,)
+                "SELECT name, spec, generation, updated_at, adopted FROM apps WHERE name = ?",
+                (name,),
             ).fetchone()
         return _app(row) if row else None
 
@@ -156,7 +187,7 @@ class AppStore:
         """Every app, by name."""
         with self._session():
             rows = self._db.execute(
-                "SELECT name, spec, generation, updated_at FROM apps ORDER BY name"
+                "SELECT name, spec, generation, updated_at, adopted FROM apps ORDER BY name"
             ).fetchall()
         return [_app(row) for row in rows]
 
@@ -181,8 +212,8 @@ class AppStore:
                 raise AppStoreError(f"app store {self.path}: {exc}") from exc
 
 
-def _app(row: tuple[str, str, int, str]) -> StoredApp:
-    return StoredApp(row[0], json.loads(row[1]), row[2], row[3])
+def _app(row: tuple[str, str, int, str, str]) -> StoredApp:
+    return StoredApp(row[0], json.loads(row[1]), row[2], row[3], tuple(json.loads(row[4])))
 
 
 @dataclass(frozen=True)
@@ -239,11 +270,16 @@ class Actual:
 
 @dataclass
 class Plan:
-    """The planner's answer: the steps in order, policy violations and conflicts."""
+    """The planner's answer: the steps in order, policy violations and conflicts.
+
+    `blocked` names each service that no step may touch because a network or volume it
+    needs is in the way, with why.
+    """
 
     steps: list[dict[str, Any]] = field(default_factory=list)
     violations: list[dict[str, str]] = field(default_factory=list)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)
 
 
 def service_violations(
@@ -273,6 +309,68 @@ def container_conflict(app: str, service: str, found: Observed) -> dict[str, Any
     return {**conflict, "reason": reason, "forceable": forceable}
 
 
+def object_conflict(
+    app: str, kind: str, name: str, labels: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """Why an existing network or volume (`kind`) with an app's target name is not the
+    app's, or None when the app created it."""
+    owner = labels.get(APP_LABEL)
+    if owner == app:
+        return None
+    if is_true(dict(labels), SYSTEM_LABEL):
+        reason, forceable = f"it is a PyEdge system {kind}", False
+    elif owner:
+        # Names like a_b + c and a + b_c meet: sharing it would leak one app's data.
+        reason, forceable = f"it belongs to app {owner!r}", False
+    else:
+        # Maybe a user's data: adopted as is with force, never removed.
+        reason, forceable = f"a {kind} PyEdge did not create has this name", True
+    return {kind: name, "reason": reason, "forceable": forceable}
+
+
+def object_conflicts(
+    app: str,
+    loaded: Mapping[str, Any],
+    actual: Actual,
+    adopted: tuple[str, ...] = (),
+    force: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The app's network and volumes in its way: (conflicts, why each blocked service is).
+
+    An object the app adopted earlier is the app's. With `force` a forceable conflict is
+    still listed but blocks nothing: it is adopted as it is.
+    """
+    services: Mapping[str, Any] = loaded["services"]
+    conflicts: list[dict[str, Any]] = []
+    in_the_way: dict[str, str] = {}
+
+    def check(kind: str, name: str, labels: Mapping[str, str]) -> None:
+        conflict = object_conflict(app, kind, name, labels)
+        if conflict is None or (conflict["forceable"] and name in adopted):
+            return
+        conflicts.append(conflict)
+        if not (force and conflict["forceable"]):
+            in_the_way[name] = f"{kind} {name}: {conflict['reason']}"
+
+    network = network_name(app)
+    if network in actual.networks and any(uses_app_network(s) for s in services.values()):
+        check("network", network, actual.networks[network])
+    wanted = app_volumes(app, services)
+    for volume in wanted:
+        if volume in actual.volumes:
+            check("volume", volume, actual.volumes[volume])
+
+    blocked: dict[str, str] = {}
+    for name, service in services.items():
+        needs = [volume_name(app, volume) for volume in named_volumes(service)]
+        if uses_app_network(service):
+            needs.insert(0, network)
+        reasons = [in_the_way[need] for need in needs if need in in_the_way]
+        if reasons:
+            blocked[name] = "; ".join(reasons)
+    return conflicts, blocked
+
+
 def plan(
     app: str,
     raw: Mapping[str, Any],
@@ -281,16 +379,21 @@ def plan(
     policy: Policy,
     *,
     force: bool = False,
+    adopted: tuple[str, ...] = (),
 ) -> Plan:
     """The steps that take `actual` to the app's spec, dependencies first; changes nothing.
 
     `raw` is the spec as given (its services' hashes label the containers), `loaded` the
-    same spec validated. Containers in the way that PyEdge did not create are conflicts;
-    with `force` the forceable ones are replaced. Violations are listed, not raised.
+    same spec validated. Containers, networks and volumes in the way that PyEdge did not
+    create are conflicts; with `force` the forceable containers are replaced and the
+    forceable networks and volumes adopted (`adopted` lists those adopted before). A
+    service the policy denies gets no step but `stop` while its container runs; one whose
+    network or volume is in the way gets none. Violations are listed, not raised.
     """
     services: Mapping[str, Any] = loaded["services"]
     hashes = service_hashes(raw)
-    result = Plan(violations=[v for vs in service_violations(policy, loaded).values() for v in vs])
+    denied = service_violations(policy, loaded)
+    result = Plan(violations=[v for vs in denied.values() for v in vs])
     targets = {container_name(app, name) for name in services}
 
     # Services gone from the spec go first: they may hold ports the new ones need.
@@ -308,37 +411,33 @@ def plan(
 
     network = network_name(app)
     network_missing = False
-    if any(uses_app_network(service) for service in services.values()):
-        owner = actual.networks.get(network, {}).get(APP_LABEL)
-        if network not in actual.networks:
-            network_missing = True
-            result.steps.append(
-                {"action": "create_network", "network": network, "reason": "missing"}
-            )
-        elif owner and owner != app:
-            result.conflicts.append(
-                {"network": network, "reason": f"it belongs to app {owner!r}", "forceable": False}
-            )
-
-    wanted = dict.fromkeys(
-        volume_name(app, volume)
-        for service in services.values()
-        for volume in named_volumes(service)
-    )
+    if network not in actual.networks and any(uses_app_network(s) for s in services.values()):
+        network_missing = True
+        result.steps.append({"action": "create_network", "network": network, "reason": "missing"})
+    wanted = app_volumes(app, services)
     for volume in wanted:
-        owner = actual.volumes.get(volume, {}).get(APP_LABEL)
         if volume not in actual.volumes:
             result.steps.append({"action": "create_volume", "volume": volume, "reason": "missing"})
-        elif owner and owner != app:
-            # Names like a_b + c and a + b_c meet: sharing the data would leak it.
-            result.conflicts.append(
-                {"volume": volume, "reason": f"it belongs to app {owner!r}", "forceable": False}
-            )
+    result.conflicts, result.blocked = object_conflicts(app, loaded, actual, adopted, force)
 
     order = dependency_order({name: service["depends_on"] for name, service in services.items()})
     for name in order:
         service = services[name]
         current = actual.by_name(container_name(app, name))
+        if name in denied:
+            # The policy changed since the spec was stored: it may not keep running.
+            if current and current.owned_by(app, name) and current.state in LIVE_STATES:
+                result.steps.append(
+                    {
+                        "action": "stop",
+                        "service": name,
+                        "container": current.name,
+                        "reason": "denied by the security policy",
+                    }
+                )
+            continue
+        if name in result.blocked:
+            continue
         step = _service_step(
             app, name, service, hashes[name], current, network_missing, result, force
         )

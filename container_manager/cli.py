@@ -541,7 +541,9 @@ def conflict_line(conflict: Any) -> str:
         parts.append(f"container {conflict['container']}")
     where = ": ".join(parts)
     reason = conflict.get("reason") or conflict.get("message") or ""
-    hint = " (apply --force replaces it)" if conflict.get("forceable") else ""
+    # --force removes a container in the way, but adopts a network or volume as it is.
+    verb = "replaces" if conflict.get("container") else "adopts"
+    hint = f" (apply --force {verb} it)" if conflict.get("forceable") else ""
     return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
 
 

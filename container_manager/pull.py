@@ -1,8 +1,10 @@
 """The `pull` Task: pull an image, reporting per-layer progress and a total percent; abortable.
 
-The pull is one streamed engine call with no read timeout. To abort it, the stream's socket
-is shut down from the aborting thread, which wakes the read blocked on it; the engine then
-sees its client gone and cancels the pull.
+The pull is one streamed engine call with no read timeout, on a connection of its own. To
+abort it, that connection's socket is shut down from the aborting thread, whether the engine
+has answered yet or not; this wakes the read blocked on it, and the engine, seeing its
+client gone, cancels the pull. A pull succeeds only once the stream reached the engine's
+closing status line.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import marshmallow as ma
 import requests
 import urllib3.exceptions
 
-from container_manager.engine import engine_of
-from container_manager.errors import ContainerManagerError, NotFound, translated
+from container_manager.engine import Engine, engine_of
+from container_manager.errors import ContainerManagerError, translated
 from pyedge import OperationFailed, ServiceRuntime, Session
 
 # The reference grammar of github.com/distribution/reference (IPv6 hosts left out).
@@ -46,9 +48,12 @@ _DOWNLOADED = frozenset({"Verifying Checksum", "Download complete", "Extracting"
 _FINAL_PREFIX = "Status: "
 _DIGEST_PREFIX = "Digest: "
 
-# Where abort_pull finds a running pull's response: runtime.extras[PULL_STREAMS][id(session)].
+# What a pull that stopped short of the engine's closing status fails with.
+_ENDED_EARLY = "the engine's pull stream ended early"
+
+# Where abort_pull finds a running pull's connection: runtime.extras[PULL_STREAMS][id(session)].
 PULL_STREAMS = "pull_streams"
-# Guards the PULL_STREAMS dicts: a response is cut only while its pull owns the connection.
+# Guards the PULL_STREAMS dicts: a socket is cut only while its pull holds it open.
 _streams_lock = threading.Lock()
 
 
@@ -166,27 +171,86 @@ class Progress:
         }
 
 
-def _open(
-    api: docker.APIClient, ref: Reference, platform: str | None
-) -> tuple[requests.Response, Iterator[dict[str, Any]]]:
-    """POST /images/create as APIClient.pull(stream=True) does, keeping the response.
+class _PullStream:
+    """The pull's own connection to the engine, outside the stream client's pool.
 
-    APIClient.pull hides its response inside a generator, and a generator cannot be closed
-    from another thread while it reads: abort needs the response's socket.
+    Being the pull's alone, its socket can be shut down from the aborting thread at any
+    point: while the engine has not answered yet (a registry that accepts and never
+    answers keeps it silent for as long as it likes) as well as mid-stream. A pooled
+    connection could not be cut before the response came, nor safely after it went back.
     """
-    registry, _ = docker.auth.resolve_repository_name(ref.repository)
-    headers = {}
-    auth_header = docker.auth.get_config_header(api, registry)
-    if auth_header:
-        headers["X-Registry-Auth"] = auth_header
-    params = {"fromImage": ref.repository, "tag": ref.version}
-    if platform:
-        params["platform"] = platform
-    response = api._post(
-        api._url("/images/create"), params=params, headers=headers, stream=True, timeout=None
-    )
-    api._raise_for_status(response)
-    return response, api._stream_helper(response, decode=True)
+
+    def __init__(self) -> None:
+        self.conn: http.client.HTTPConnection | None = None
+        self.sock: socket.socket | None = None
+        self.response: requests.Response | None = None
+
+    def open(
+        self,
+        api: docker.APIClient,
+        ref: Reference,
+        platform: str | None,
+        stop: threading.Event,
+        connect_timeout: float | None,
+    ) -> Iterator[dict[str, Any]] | None:
+        """POST /images/create as APIClient.pull(stream=True) does; None once aborted."""
+        registry, _ = docker.auth.resolve_repository_name(ref.repository)
+        headers = {}
+        auth_header = docker.auth.get_config_header(api, registry)
+        if auth_header:
+            headers["X-Registry-Auth"] = auth_header
+        params = {"fromImage": ref.repository, "tag": ref.version}
+        if platform:
+            params["platform"] = platform
+        request = api.prepare_request(
+            requests.Request("POST", api._url("/images/create"), params=params, headers=headers)
+        )
+        # The connection the client's transport (unix socket, TCP, TLS, SSH) would make.
+        adapter = api.get_adapter(request.url)
+        pool = adapter.get_connection_with_tls_context(request, api.verify, cert=api.cert)
+        adapter.cert_verify(pool, request.url, api.verify, api.cert)
+        self.conn = conn = pool._new_conn()
+        conn.timeout = connect_timeout
+        try:
+            conn.connect()
+            # No read timeout from here on: a registry may be slow, abort cuts instead.
+            conn.timeout = None
+            self.sock = conn.sock
+            # Checked after self.sock is set, as abort sets the flag before it cuts: an
+            # abort either finds the socket or is seen here.
+            if stop.is_set():
+                return None
+            conn.request(
+                request.method or "POST",
+                request.path_url,
+                body=request.body,
+                headers=request.headers,
+                preload_content=False,
+                decode_content=False,
+            )
+            self.response = adapter.build_response(request, conn.getresponse())
+        except (OSError, http.client.HTTPException) as exc:
+            if stop.is_set():
+                return None  # abort's cut, not a failure of the engine
+            # As requests reports a failed exchange, so that it translates the same way.
+            raise requests.ConnectionError(exc, request=request) from exc
+        api._raise_for_status(self.response)
+        lines: Iterator[dict[str, Any]] = api._stream_helper(self.response, decode=True)
+        return lines
+
+    def cut(self) -> None:
+        """Shut the socket down: a read blocked on it returns, which close() alone does not
+        guarantee from another thread; the engine then sees its client gone."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # already shut down or disconnected
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Close the response and the connection: it goes back to no pool."""
+        if self.response is not None:
+            self.response.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
 def _translated_lines(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -195,19 +259,8 @@ def _translated_lines(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any
         yield from lines
 
 
-def _cut(response: requests.Response) -> None:
-    """Shut the response's socket down: a read blocked on it returns, which close() alone
-    does not guarantee from another thread."""
-    try:
-        sock = response.raw._fp.fp.raw._sock
-    except AttributeError:
-        return  # already read to the end and closed: nothing left to interrupt
-    with contextlib.suppress(OSError):  # already shut down or disconnected
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _streams(runtime: ServiceRuntime) -> dict[int, requests.Response]:
-    streams: dict[int, requests.Response] = runtime.extras.setdefault(PULL_STREAMS, {})
+def _streams(runtime: ServiceRuntime) -> dict[int, _PullStream]:
+    streams: dict[int, _PullStream] = runtime.extras.setdefault(PULL_STREAMS, {})
     return streams
 
 
@@ -221,61 +274,81 @@ _STREAM_ERRORS = (
 )
 
 
-def pull(session: Session, params: dict[str, Any]) -> str:
-    """Pull an image, reporting per-layer progress and a total percent; abort stops it."""
-    ref_text: str = params["ref"]
-    ref = parse_ref(ref_text)
-    platform: str | None = params["platform"]
-    engine = engine_of(session.context)
-    progress = Progress()
-    session.update(ref=ref_text, platform=platform, **progress.report())
-    if session.stop_requested.is_set():
-        return f"aborted pulling {ref_text} before it started"
+def _follow(
+    session: Session,
+    engine: Engine,
+    stream: _PullStream,
+    ref: Reference,
+    progress: Progress,
+) -> str | None:
+    """Open the pull's stream and fold its lines into `progress`; the failure, if any."""
+    platform: str | None = session.params["platform"]
     try:
-        response, lines = engine.stream(lambda c: _open(c.api, ref, platform))
+        lines = engine.stream(
+            lambda c: stream.open(
+                c.api, ref, platform, session.stop_requested, engine.timeouts["call"]
+            )
+        )
     except ContainerManagerError as exc:
-        raise OperationFailed(f"pull {ref_text}: {exc}") from exc
-
-    streams = _streams(session.context)
-    with _streams_lock:
-        streams[id(session)] = response
-    error: str | None = None
+        return str(exc)
+    if lines is None:
+        return None  # aborted
     try:
-        # An abort that came while the stream opened found nothing to cut.
-        if session.stop_requested.is_set():
-            _cut(response)
         for line in _translated_lines(lines):
             if session.stop_requested.is_set():
-                break  # the cut did not take (a transport without a socket): stop reading
+                return None  # the cut did not take (a transport without a socket)
             if "error" in line:
-                error = str((line.get("errorDetail") or {}).get("message") or line["error"])
-                break
+                return str((line.get("errorDetail") or {}).get("message") or line["error"])
             overall = progress.feed(line)
             if overall:
                 session.log(overall)
             session.update(**progress.report())
     except _STREAM_ERRORS as exc:
-        if not session.stop_requested.is_set():
-            raise OperationFailed(f"pull {ref_text}: the engine's stream broke: {exc}") from exc
+        return f"{_ENDED_EARLY}: {exc}"
+    if not progress.finished:
+        # The stream ended cleanly, but before the engine said how the pull went: whatever
+        # the tag names locally may be an older image, not the one asked for.
+        return (
+            f"{_ENDED_EARLY}: it closed after {progress.status!r} at {progress.percent:g}%, "
+            "without the engine's closing status"
+        )
+    return None
+
+
+def pull(session: Session, params: dict[str, Any]) -> str:
+    """Pull an image, reporting per-layer progress and a total percent; abort stops it."""
+    ref_text: str = params["ref"]
+    ref = parse_ref(ref_text)
+    engine = engine_of(session.context)
+    progress = Progress()
+    session.update(ref=ref_text, platform=params["platform"], **progress.report())
+    if session.stop_requested.is_set():
+        return f"aborted pulling {ref_text} before it started"
+
+    stream = _PullStream()
+    streams = _streams(session.context)
+    # Registered before the request is sent, so that abort can cut it at any point.
+    with _streams_lock:
+        streams[id(session)] = stream
+    try:
+        failure = _follow(session, engine, stream, ref, progress)
     finally:
-        # Forgotten before closing: once released, the connection may serve another call.
+        # Forgotten before closing: a socket is cut only while its pull holds it open.
         with _streams_lock:
             streams.pop(id(session), None)
-        response.close()
+        stream.close()
 
     if session.stop_requested.is_set():
+        if stream.response is None:
+            return f"aborted pulling {ref_text} before the engine answered"
         return f"aborted pulling {ref_text} at {progress.percent:g}%"
-    if error is not None:
-        raise OperationFailed(f"pull {ref_text}: {error}")
+    if failure is not None:
+        raise OperationFailed(f"pull {ref_text}: {failure}")
     try:
         image = engine.call(lambda c: c.api.inspect_image(ref.local))
-    except NotFound as exc:
-        # The stream ended cleanly but early (the engine went away between two lines).
-        raise OperationFailed(f"pull {ref_text}: the engine ended the pull unfinished") from exc
     except ContainerManagerError as exc:
         raise OperationFailed(f"pull {ref_text}: pulled, but inspecting it failed: {exc}") from exc
     image_id: str = image["Id"]
-    progress.finished = True
     session.update(
         image_id=image_id,
         digest=progress.digest or ref.digest,
@@ -285,8 +358,8 @@ def pull(session: Session, params: dict[str, Any]) -> str:
 
 
 def abort_pull(session: Session) -> None:
-    """Cut the pull's stream: it has no read timeout, so a blocked read must be woken."""
+    """Cut the pull's connection: it has no read timeout, so a blocked read must be woken."""
     with _streams_lock:
-        response = _streams(session.context).get(id(session))
-        if response is not None:
-            _cut(response)
+        stream = _streams(session.context).get(id(session))
+        if stream is not None:
+            stream.cut()

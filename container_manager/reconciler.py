@@ -6,7 +6,13 @@ reconciler does, per the service's `restart`, and backs off a container that cra
 (dies within CRASH_WINDOW_S of starting): 1 s, 2 s, 4 s, ... up to crash_backoff_max. A
 service that crashed DEGRADED_AFTER times in a row is degraded until it stays up for
 CRASH_WINDOW_S. What the reconciler knows of each service lives in memory, here: a
-restarted service starts counting again.
+restarted service starts counting again, and so does an app PUT again (reset()).
+
+Nothing one app or one service does may stop the others converging: any exception of an
+app's pass (its stored spec no longer valid, the engine refusing it) is that app's, and
+any exception of a service's step (docker-py rejecting a value client-side with its own
+ValueError, say) is that service's. Each is logged once per distinct error, not each pass.
+Only the engine being away ends a pass.
 
 The views and the passes change an app's engine objects only under that app's lock, so a
 DELETE cannot race a pass that is recreating what it removes.
@@ -34,9 +40,11 @@ from container_manager.apps import (
     StoredApp,
     container_conflict,
     container_name,
+    denial,
     max_restarts,
     named_volumes,
     network_name,
+    object_conflicts,
     plan,
     restart_wanted,
     service_hashes,
@@ -46,7 +54,12 @@ from container_manager.apps import (
 )
 from container_manager.containers import APP_LABEL, SERVICE_LABEL, redact_app_spec
 from container_manager.engine import Engine
-from container_manager.errors import ContainerManagerError, EngineUnavailable, NotFound
+from container_manager.errors import (
+    ContainerManagerError,
+    EngineUnavailable,
+    InvalidRequest,
+    NotFound,
+)
 from container_manager.policy import Policy
 from container_manager.specs import MANAGED_LABEL, create_kwargs
 from pyedge import Session
@@ -66,6 +79,17 @@ STOP_TIMEOUT_S = 10
 BLOCKED = ("degraded", "conflict", "denied")
 
 
+class StoredSpecInvalid(ContainerManagerError):
+    """A stored spec that the current schema rejects (stored before an upgrade)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as a line; one that is not ours is named by its type, as it may be a bug."""
+    if isinstance(exc, ContainerManagerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class ServiceStatus:
     """What the reconciler knows of one service beyond what the engine shows."""
@@ -79,10 +103,23 @@ class ServiceStatus:
     # The FinishedAt of the last death counted, so that one death counts once.
     seen_finish: str | None = None
     gave_up: bool = False
+    # The last step failed on the spec's values (docker-py or the engine refused one) or
+    # on a bug: retrying the same spec fails the same way, so it is degraded at once.
+    rejected: bool = False
+    # The last error logged, so that a failure repeated by each retry is logged once.
+    logged: str | None = None
 
     def copy(self) -> ServiceStatus:
         """A snapshot, for readers outside the reconciler's lock."""
         return ServiceStatus(**self.__dict__)
+
+
+@dataclass
+class _AppLock:
+    """An app's lock and how many threads hold or wait for it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
 
 
 @dataclass
@@ -96,17 +133,36 @@ class Reconciler:
     # Set by the views when an app changes, and by stop: the loop wakes at once.
     wake: threading.Event = field(default_factory=threading.Event)
     summary: dict[str, Any] = field(default_factory=dict)
+    # Why the last pass failed as a whole (the store, or a bug), for the health check.
+    pass_error: str | None = None
     _statuses: dict[tuple[str, str], ServiceStatus] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _app_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # Only while someone holds or waits for an app's lock: names of apps that do not
+    # exist (a DELETE of any name) must not pile up.
+    _app_locks: dict[str, _AppLock] = field(default_factory=dict)
+    # Why each app's last pass failed, so that a failure is logged once, not each pass.
+    _app_errors: dict[str, str] = field(default_factory=dict)
 
     @contextmanager
     def app_lock(self, app: str) -> Iterator[None]:
         """Hold an app's lock: its engine objects and stored spec change under it only."""
         with self._lock:
-            lock = self._app_locks.setdefault(app, threading.Lock())
-        with lock:
-            yield
+            entry = self._app_locks.setdefault(app, _AppLock())
+            entry.users += 1
+        try:
+            with entry.lock:
+                yield
+        finally:
+            with self._lock:
+                entry.users -= 1
+                if not entry.users:
+                    # Nobody holds or waits for it: the next user makes a fresh one.
+                    del self._app_locks[app]
+
+    def locked_apps(self) -> int:
+        """How many app locks exist (held or waited for) right now."""
+        with self._lock:
+            return len(self._app_locks)
 
     def status(self, app: str, service: str) -> ServiceStatus:
         """A snapshot of a service's status (a fresh one if the reconciler knows nothing)."""
@@ -120,12 +176,28 @@ class Reconciler:
             for key in [key for key in self._statuses if key[0] == app]:
                 del self._statuses[key]
             self.summary.pop(app, None)
+            self._app_errors.pop(app, None)
+
+    def reset(self, app: str) -> None:
+        """Start the app's services' counts afresh (restarts, crashes, backoff): a PUT.
+
+        The user may have mended something outside the spec (pulled the missing image):
+        the next pass retries at once instead of after the current backoff.
+        """
+        with self._lock:
+            for key in [key for key in self._statuses if key[0] == app]:
+                old = self._statuses[key]
+                # seen_finish stays: the death already counted must not count again.
+                self._statuses[key] = ServiceStatus(
+                    spec_hash=old.spec_hash, seen_finish=old.seen_finish, last_error=old.last_error
+                )
+            self._app_errors.pop(app, None)
 
     def degraded(self) -> list[str]:
         """'app/service (why)' for each service the last pass found degraded or blocked."""
         with self._lock:
             summary = dict(self.summary)
-        found = []
+        found = [f"reconcile pass failed ({self.pass_error})"] if self.pass_error else []
         for app, view in summary.items():
             if view.get("error"):
                 found.append(f"{app} ({view['error']})")
@@ -180,13 +252,17 @@ class Reconciler:
             loaded = None
             error: str | None = f"the stored spec is no longer valid: {exc.messages}"
         else:
-            error = None
+            with self._lock:
+                error = self._app_errors.get(app.name)
         actual = self.observe(app.name, loaded)
         result = self._describe(app, loaded, actual)
-        result["error"] = error or result.get("error")
+        result["error"] = error
+        if error:
+            result["status"] = "degraded"
         if detail:
             # Environment values are where secrets live: shown redacted, as containers are.
             result["spec"] = redact_app_spec(app.spec)
+            result["adopted"] = list(app.adopted)
         return result
 
     def _describe(
@@ -196,12 +272,16 @@ class Reconciler:
         hashes = service_hashes(app.spec) if loaded else {}
         # The policy may have changed since the spec was stored (settings, restart).
         denied = service_violations(self.policy, loaded) if loaded else {}
+        blocked = object_conflicts(app.name, loaded, actual, app.adopted)[1] if loaded else {}
         for name, spec in (loaded or {"services": {}})["services"].items():
             found = actual.by_name(container_name(app.name, name))
             status = self.status(app.name, name)
             conflict = container_conflict(app.name, name, found) if found else None
+            error = conflict["reason"] if conflict else status.last_error
             if name in denied:
-                state = "denied"
+                state, error = "denied", denial(denied[name])
+            elif name in blocked:
+                state, error = "conflict", blocked[name]
             else:
                 state = _service_status(spec, found, hashes[name], status, conflict)
             services[name] = {
@@ -217,7 +297,7 @@ class Reconciler:
                 "failures": status.failures,
                 "backoff": status.backoff,
                 "status": state,
-                "last_error": conflict["reason"] if conflict else status.last_error,
+                "last_error": error,
             }
         return {
             "name": app.name,
@@ -232,8 +312,9 @@ class Reconciler:
     def remove_container(self, ident: str) -> None:
         """Stop a container (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and remove it."""
         with suppress(NotFound):  # already gone: what we wanted
+            # docker-py adds the stop timeout to the call's own.
             self.engine.call(lambda c: c.api.stop(ident, timeout=STOP_TIMEOUT_S))
-            self.engine.call(lambda c: c.api.remove_container(ident, force=True))
+            self.engine.call(lambda c: c.api.remove_container(ident, force=True), slow=True)
 
     def delete(self, app: str, *, volumes: bool) -> None:
         """Remove an app's containers and network (and its volumes when asked).
@@ -266,8 +347,8 @@ class Reconciler:
     def run_pass(self, should_stop: Callable[[], bool]) -> dict[str, Any]:
         """Converge every stored app once; the summary per app.
 
-        EngineUnavailable ends the pass (the next one tries again); any other engine error
-        is the app's and leaves the other apps alone.
+        EngineUnavailable ends the pass (the next one tries again); any other exception is
+        the app's (logged once, the app degraded with it) and leaves the other apps alone.
         """
         summary: dict[str, Any] = {}
         for app in self.store.all():
@@ -277,9 +358,11 @@ class Reconciler:
                 view = self.converge(app.name, should_stop)
             except EngineUnavailable:
                 raise
-            except ContainerManagerError as exc:
-                logger.warning("reconciling app %s failed: %s", app.name, exc)
-                view = {"status": "converging", "error": str(exc), "services": {}}
+            except Exception as exc:  # one app's failure must not stop the others converging
+                view = self._app_failed(app, exc)
+            else:
+                with self._lock:
+                    self._app_errors.pop(app.name, None)
             if view is not None:
                 summary[app.name] = view
         with self._lock:
@@ -287,25 +370,50 @@ class Reconciler:
                 self.summary = summary
             return dict(self.summary)
 
+    def _app_failed(self, app: StoredApp, exc: Exception) -> dict[str, Any]:
+        """Record why an app's pass failed, logging it when it differs from the last time."""
+        error = describe_error(exc)
+        with self._lock:
+            new = self._app_errors.get(app.name) != error
+            self._app_errors[app.name] = error
+        if new and isinstance(exc, ContainerManagerError):
+            logger.warning("reconciling app %s failed: %s", app.name, error)
+        elif new:
+            # Not the engine's answer nor ours: the traceback is what finds the bug.
+            logger.error("reconciling app %s failed: %s", app.name, error, exc_info=exc)
+        return {
+            "name": app.name,
+            "generation": app.generation,
+            "updated_at": app.updated_at,
+            "status": "degraded",
+            "error": error,
+            "services": {},
+        }
+
     def converge(self, name: str, should_stop: Callable[[], bool]) -> dict[str, Any] | None:
         """Carry out one app's plan, under its lock; None when the app is gone."""
         with self.app_lock(name):
             app = self.store.get(name)
             if app is None:
+                self.forget(name)
                 return None
             try:
                 loaded = load_spec(app.spec)
             except ma.ValidationError as exc:
-                return {
-                    "status": "degraded",
-                    "error": f"the stored spec is no longer valid: {exc.messages}",
-                    "services": {},
-                }
+                raise StoredSpecInvalid(
+                    f"the stored spec is no longer valid: {exc.messages}"
+                ) from exc
             self._sync(app)
             actual = self.observe(name, loaded)
-            result = plan(name, app.spec, loaded, actual, self.policy)
+            result = plan(name, app.spec, loaded, actual, self.policy, adopted=app.adopted)
+            # Checked again each pass: the node's policy may have changed since it was stored.
             denied = service_violations(self.policy, loaded)
-            failed: set[str] = set()
+            for service, violations in denied.items():
+                self._set(name, service, last_error=denial(violations))
+            for service, reason in result.blocked.items():
+                self._set(name, service, last_error=reason)
+            # Their dependents wait for them.
+            failed = set(denied) | set(result.blocked)
             for step in result.steps:
                 if should_stop():
                     break
@@ -345,8 +453,8 @@ class Reconciler:
         denied: Mapping[str, list[dict[str, str]]],
         failed: set[str],
     ) -> None:
-        """Carry out one step; a failure is the service's (counted, backed off), not the
-        pass's, unless the engine is away."""
+        """Carry out one step. A service's failure, whatever it raises, is that service's
+        (counted, backed off); an app-wide step's is the app's; the engine away, the pass's."""
         action = step["action"]
         if action == "create_network":
             labels = {MANAGED_LABEL: "true", APP_LABEL: app.name}
@@ -366,10 +474,37 @@ class Reconciler:
                 self.remove_container(found.id)
             return
         name = step["service"]
+        try:
+            self._apply_service(app, loaded, actual, step, denied, failed)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:  # docker-py rejects some values client-side, not as APIError
+            self._fail(app.name, name, action, exc)
+            failed.add(name)
+
+    def _apply_service(
+        self,
+        app: StoredApp,
+        loaded: Mapping[str, Any],
+        actual: Actual,
+        step: dict[str, Any],
+        denied: Mapping[str, list[dict[str, str]]],
+        failed: set[str],
+    ) -> None:
+        """Carry out a step of one service: stop, start, create or recreate."""
+        action = step["action"]
+        name = step["service"]
         service = loaded["services"][name]
+        found = actual.by_name(container_name(app.name, name))
+        if action == "stop":
+            if found is not None:
+                self.engine.call(lambda c: c.api.stop(found.id, timeout=STOP_TIMEOUT_S))
+                logger.warning("stopped %s: %s", found.name, denial(denied.get(name, [])))
+            return
+        # plan() gives a denied service no other step; checked here too, as this is the
+        # one place that starts containers.
         if name in denied:
-            reasons = "; ".join(f"{v['field']}: {v['reason']}" for v in denied[name])
-            self._set(app.name, name, last_error=f"denied by the security policy: {reasons}")
+            self._set(app.name, name, last_error=denial(denied[name]))
             failed.add(name)
             return
         waiting = [dep for dep in service["depends_on"] if dep in failed]
@@ -377,7 +512,6 @@ class Reconciler:
             self._set(app.name, name, last_error=f"waiting for {', '.join(waiting)}")
             failed.add(name)
             return
-        found = actual.by_name(container_name(app.name, name))
         now = time.monotonic()
         restarting = action == "start" and found is not None and found.state == "exited"
         if restarting and found is not None:
@@ -392,21 +526,16 @@ class Reconciler:
             status = self.status(app.name, name)
         if now < status.next_attempt:
             return  # backing off
-        try:
-            if action == "start":
-                self.engine.call(lambda c: c.api.start(found.id if found else ""))
-            else:
-                if found is not None:
-                    self.remove_container(found.id)
-                self._create(app, name, service)
-        except EngineUnavailable:
-            raise
-        except ContainerManagerError as exc:
-            self._fail(app.name, name, f"{action} failed: {exc}", now)
-            failed.add(name)
-            return
+        if action == "start":
+            self.engine.call(lambda c: c.api.start(found.id if found else ""))
+        else:
+            if found is not None:
+                self.remove_container(found.id)
+            self._create(app, name, service)
         restarts = status.restart_count + (1 if restarting else 0)
-        self._set(app.name, name, restart_count=restarts, last_error=None)
+        self._set(
+            app.name, name, restart_count=restarts, last_error=None, rejected=False, logged=None
+        )
         if restarting:
             logger.info("restarted %s/%s (restart %d)", app.name, name, restarts)
 
@@ -431,7 +560,7 @@ class Reconciler:
                 kwargs.update(network=network, networking_config={network: endpoint})
             return client.containers.create(name=target, **kwargs)
 
-        created = self.engine.call(create)
+        created = self.engine.call(create, slow=True)
         self.engine.call(lambda c: c.api.start(created.id))
         logger.info("created %s for app %s", target, app.name)
 
@@ -459,15 +588,39 @@ class Reconciler:
                     status.failures, status.backoff, status.next_attempt = 0, 0.0, now
             return status.copy()
 
-    def _fail(self, app: str, service: str, error: str, now: float) -> None:
-        """A step of the service failed: count it and back off, as for a crash."""
+    def _fail(self, app: str, service: str, action: str, exc: Exception) -> None:
+        """A step of the service failed: count it and back off, as for a crash.
+
+        The error is logged when it differs from the last one logged: a retry that fails
+        the same way says nothing new.
+        """
+        ours = isinstance(exc, ContainerManagerError)
+        error = f"{action} failed: {describe_error(exc)}"
+        # A missing image or a taken port may be mended outside the spec; a refused value not.
+        rejected = not ours or isinstance(exc, InvalidRequest)
         with self._lock:
             status = self._statuses.setdefault((app, service), ServiceStatus())
             status.failures += 1
             status.backoff = self._backoff(status.failures)
-            status.next_attempt = now + status.backoff
+            status.next_attempt = time.monotonic() + status.backoff
             status.last_error = error
-        logger.warning("%s/%s: %s (next try in %.0f s)", app, service, error, status.backoff)
+            status.rejected = rejected
+            new, status.logged = status.logged != error, error
+            backoff = status.backoff
+        if new and ours:
+            logger.warning(
+                "%s/%s: %s (retried with backoff, from %.0f s)", app, service, error, backoff
+            )
+        elif new:
+            # Not the engine's answer: docker-py refused a value, or a bug (the traceback).
+            logger.error(
+                "%s/%s: %s (retried with backoff, from %.0f s)",
+                app,
+                service,
+                error,
+                backoff,
+                exc_info=exc,
+            )
 
     def _backoff(self, failures: int) -> float:
         return float(min(BACKOFF_BASE_S * 2 ** (failures - 1), self.backoff_max))
@@ -498,7 +651,7 @@ def _service_status(
     """running, converging, exited (and not to be restarted), degraded or conflict."""
     if conflict:
         return "conflict"
-    if status.failures >= DEGRADED_AFTER:
+    if status.failures >= DEGRADED_AFTER or status.rejected:
         return "degraded"
     if found is None or found.labels.get(HASH_LABEL) != desired_hash:
         return "converging"
@@ -576,19 +729,23 @@ def run_reconcile(session: Session, params: dict[str, Any]) -> str:
         reconciler.wake.clear()
         try:
             brief = _brief(reconciler.run_pass(should_stop))
-        except ContainerManagerError as exc:
-            # The engine (or the store) is away: say so once, and try again next interval.
-            if str(exc) != last_error:
-                session.log(f"pass failed, retrying every {interval:g} s: {exc}")
-            last_error = str(exc)
+        except Exception as exc:  # only a stop ends the Process: the next pass retries
+            # The engine (or the store) is away, or a bug: say so once, try again later.
+            error = describe_error(exc)
+            if error != last_error:
+                session.log(f"pass failed, retrying every {interval:g} s: {error}")
+                if not isinstance(exc, ContainerManagerError):
+                    logger.error("reconcile pass failed: %s", error, exc_info=exc)
+            last_error = reconciler.pass_error = error
         else:
             if last_error is not None:
                 session.log("passes succeed again")
-                last_error = None
+                last_error = reconciler.pass_error = None
             if brief != reported:
                 session.update(apps=brief)
                 reported = brief
         reconciler.wake.wait(interval)
+    reconciler.pass_error = None  # no pass runs now: nothing fails
     return "stopped"
 
 

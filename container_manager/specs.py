@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,10 @@ class CommandField(ma.fields.Field):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and value.strip():
+            try:
+                shlex.split(value)  # as docker-py will split it, before sending anything
+            except ValueError as exc:
+                raise ma.ValidationError(f"cannot split {value!r}: {exc}") from exc
             return value
         if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
             return value

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import copy
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
+from container_manager.apps import AppStore
+from container_manager.reconciler import APPS, RECONCILER, Reconciler
 from edge_server import create_app
 from tests.conftest import authorized_client
 from tests.containers.conftest import API, run_spec, wait_for
-from tests.docker_engine import DockerEngine
+from tests.docker_engine import TEST_IMAGE, DockerEngine
 
 # Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it and waits for the SIGKILL).
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -52,6 +58,17 @@ def deploy(client: FlaskClient, name: str, spec: dict[str, Any]) -> dict[str, An
     assert response.status_code in (200, 201), response.get_json()
     view: dict[str, Any] = wait_for(lambda: running(client, name), what=f"app {name} running")
     return view
+
+
+def extra(app: Flask, key: str) -> Any:
+    """One of the container-manager runtime's extras (its reconciler, its app store)."""
+    return app.extensions["pyedge"].runtimes["container-manager"].extras[key]
+
+
+def session_apps(client: FlaskClient) -> dict[str, Any]:
+    """What the reconcile session last reported of each app."""
+    apps: dict[str, Any] = client.get(f"{API}/ops/reconcile").get_json()["data"].get("apps") or {}
+    return apps
 
 
 def app_containers(docker_client: docker.DockerClient, name: str) -> list[Any]:
@@ -317,8 +334,13 @@ def test_stored_spec_the_policy_now_denies_is_not_run(
     assert view["status"] == "degraded"
     assert view["services"]["main"]["status"] == "denied"
     assert docker_client.containers.list(all=True) == []
-    health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
-    assert health["status"] == "degraded"
+
+    # The health is the last pass's, which may not have ended yet.
+    def unhealthy() -> dict[str, Any] | None:
+        health = cm_client.get("/api/health").get_json()["services"]["container-manager"]
+        return health if health["status"] == "degraded" else None
+
+    health = wait_for(unhealthy, what="the health degraded by the denied service")
     assert "root/main" in health["detail"]
 
 
@@ -505,3 +527,290 @@ def test_reconciler_waits_out_the_engine(
 
     # The pass that started the containers says so when it ends, maybe after this GET.
     assert wait_for(recovered, what="the session noting the recovery")["state"] == "running"
+
+
+def test_a_command_docker_py_cannot_split_is_422(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    # docker-py splits a string command with shlex before any request; an unclosed quote
+    # would be its ValueError inside a reconcile pass. The schema refuses it up front.
+    broken = {"services": {"main": run_spec(command="sh -c 'sleep 3600", restart="always")}}
+    response = cm_client.put(f"{API}/apps/a-broken", json=broken)
+    assert response.status_code == 422
+    assert "No closing quotation" in str(response.get_json()["errors"])
+    assert cm_client.get(f"{API}/apps/a-broken").status_code == 404
+    assert not docker_client.containers.list(all=True)
+
+
+def test_a_stored_spec_no_longer_valid_degrades_its_app_alone(
+    cm_app: Flask,
+    cm_client: FlaskClient,
+    docker_client: docker.DockerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="container_manager.reconciler")
+    # As after an upgrade whose schema no longer knows a field: stored straight away.
+    store: AppStore = extra(cm_app, APPS)
+    store.put("a-old", {"services": {"main": run_spec(command=SLEEPER, retired_field=1)}})
+    extra(cm_app, RECONCILER).wake.set()
+    deploy(cm_client, "b-new", {"services": {"main": run_spec(command=SLEEPER)}})
+
+    def reported() -> dict[str, Any] | None:
+        app = session_apps(cm_client).get("a-old")
+        return app if app and app["status"] == "degraded" else None
+
+    app = wait_for(reported, what="the session reporting the invalid app")
+    assert "the stored spec is no longer valid" in app["error"]
+    assert "retired_field" in app["error"]
+    view = app_view(cm_client, "a-old")
+    assert view["status"] == "degraded"
+    assert "retired_field" in view["error"]
+    assert app_containers(docker_client, "a-old") == []
+    time.sleep(1.0)  # three more passes
+    assert cm_client.get(f"{API}/ops/reconcile").get_json()["state"] == "running"
+    logged = [r for r in caplog.records if "stored spec is no longer valid" in r.getMessage()]
+    assert len(logged) == 1, "logged once, not on each pass"
+    assert running(cm_client, "b-new")
+
+
+def test_unmanaged_network_and_volume_conflict_unless_forced_then_are_adopted(
+    cm_app: Flask, cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    theirs_network = docker_client.networks.create("pyedge-keep", driver="bridge")
+    docker_client.volumes.create("keep_data")
+    docker_client.containers.run(
+        TEST_IMAGE,
+        ["sh", "-c", "echo precious > /data/file"],
+        volumes={"keep_data": {"bind": "/data", "mode": "rw"}},
+        remove=True,
+    )
+    spec = {"services": {"main": run_spec(command=SLEEPER, volumes=["data:/data", "cache:/c"])}}
+    expected = [
+        {
+            "network": "pyedge-keep",
+            "reason": "a network PyEdge did not create has this name",
+            "forceable": True,
+        },
+        {
+            "volume": "keep_data",
+            "reason": "a volume PyEdge did not create has this name",
+            "forceable": True,
+        },
+    ]
+
+    plan = cm_client.post(f"{API}/apps/keep/plan", json=spec).get_json()
+    assert plan["conflicts"] == expected
+    assert [(s["action"], s.get("volume")) for s in plan["steps"]] == [
+        ("create_volume", "keep_cache")
+    ], "nothing may use them: the service is not created"
+    response = cm_client.put(f"{API}/apps/keep", json=spec)
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["errors"]["conflicts"] == expected
+    assert cm_client.get(f"{API}/apps/keep").status_code == 404
+
+    forced = cm_client.post(f"{API}/apps/keep/plan?force=true", json=spec).get_json()
+    assert forced["conflicts"] == expected
+    assert [s["action"] for s in forced["steps"]] == ["create_volume", "create"]
+    response = cm_client.put(f"{API}/apps/keep?force=true", json=spec)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["adopted"] == ["keep_data", "pyedge-keep"]
+    wait_for(lambda: running(cm_client, "keep"), what="keep running on what it adopted")
+    container = docker_client.containers.get("keep-main")
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    assert networks["pyedge-keep"]["NetworkID"] == theirs_network.id
+    assert container.exec_run(["cat", "/data/file"]).output == b"precious\n"
+
+    # Adopted for good: the same spec again, without force, is fine; so is its plan.
+    again = cm_client.put(f"{API}/apps/keep", json=spec)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["adopted"] == ["keep_data", "pyedge-keep"]
+    assert cm_client.post(f"{API}/apps/keep/plan", json=spec).get_json()["conflicts"] == []
+
+    # Removed with its volumes: only those the app created go; adopted data stays.
+    assert cm_client.delete(f"{API}/apps/keep?volumes=true").status_code == 204
+    assert [v.name for v in docker_client.volumes.list()] == ["keep_data"]
+    assert [n.name for n in docker_client.networks.list(names=["pyedge-keep"])] == ["pyedge-keep"]
+    log = docker_client.containers.run(
+        TEST_IMAGE, ["cat", "/data/file"], volumes={"keep_data": {"bind": "/data"}}, remove=True
+    )
+    assert log == b"precious\n"
+
+    # A stored spec (no PUT checked it) whose volume is in the way: nothing uses it.
+    docker_client.volumes.create("raw_data")
+    store: AppStore = extra(cm_app, APPS)
+    store.put("raw", {"services": {"main": run_spec(command=SLEEPER, volumes=["data:/d"])}})
+    extra(cm_app, RECONCILER).wake.set()
+
+    def blocked() -> dict[str, Any] | None:
+        state = session_apps(cm_client).get("raw", {}).get("services", {}).get("main")
+        return state if state and state["status"] == "conflict" else None
+
+    wait_for(blocked, what="the stored app's service blocked by the volume")
+    state = app_view(cm_client, "raw")["services"]["main"]
+    assert state["last_error"] == "volume raw_data: a volume PyEdge did not create has this name"
+    assert app_containers(docker_client, "raw") == []
+    assert docker_client.containers.list(all=True, filters={"name": "raw-main"}) == []
+
+
+def test_network_or_volume_of_another_app_or_the_system_is_never_forced(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    # App a's volume b_c and app a_b's volume c are both the engine volume a_b_c.
+    deploy(cm_client, "a", {"services": {"main": run_spec(command=SLEEPER, volumes=["b_c:/d"])}})
+    response = cm_client.put(
+        f"{API}/apps/a_b?force=true",
+        json={"services": {"main": run_spec(command=SLEEPER, volumes=["c:/d"])}},
+    )
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["errors"]["conflicts"] == [
+        {"volume": "a_b_c", "reason": "it belongs to app 'a'", "forceable": False}
+    ]
+
+    docker_client.networks.create("pyedge-sys", labels={"pyedge.system": "true"})
+    response = cm_client.put(
+        f"{API}/apps/sys?force=true", json={"services": {"main": run_spec(command=SLEEPER)}}
+    )
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["errors"]["conflicts"] == [
+        {"network": "pyedge-sys", "reason": "it is a PyEdge system network", "forceable": False}
+    ]
+    assert [a["name"] for a in cm_client.get(f"{API}/apps").get_json()] == ["a"]
+
+
+def test_running_service_the_policy_now_denies_is_stopped_not_removed(
+    cm_config: dict[str, Any], docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    spec = {
+        "services": {
+            "files": run_spec(command=SLEEPER, volumes=[f"{shared}:/shared"]),
+            "other": run_spec(command=SLEEPER),
+        }
+    }
+    # Deployed while the node granted the directory...
+    granting = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": str(shared)})
+    try:
+        deployed = deploy(granting.test_client(), "files", spec)
+    finally:
+        granting.extensions["pyedge"].close()
+    ids = {name: state["container_id"] for name, state in deployed["services"].items()}
+
+    # ... then the service restarted without the grant, on the same data directory.
+    plain = create_app(cm_config)
+    try:
+        client = plain.test_client()
+
+        def stopped() -> dict[str, Any] | None:
+            view = app_view(client, "files")
+            return view if view["services"]["files"]["state"] == "exited" else None
+
+        view = wait_for(stopped, what="the denied service stopped")
+        files = view["services"]["files"]
+        assert files["status"] == "denied"
+        assert files["last_error"] == (
+            "denied by the security policy: services.files.volumes: bind mount of "
+            f"{shared.resolve()}:"
+            " only named volumes and the granted host directories"
+        )
+        assert files["container_id"] == ids["files"], "stopped, not removed"
+        assert view["services"]["other"]["status"] == "running"
+        assert view["services"]["other"]["container_id"] == ids["other"]
+        assert view["status"] == "degraded"
+
+        # Later passes leave it stopped, although its restart policy says always.
+        started = docker_client.containers.get("files-files").attrs["State"]["StartedAt"]
+        time.sleep(1.0)
+        container = docker_client.containers.get("files-files")
+        assert container.status == "exited"
+        assert container.attrs["State"]["StartedAt"] == started
+        assert app_view(client, "files")["services"]["files"]["restart_count"] == 0
+        plan = client.post(f"{API}/apps/files/plan", json=spec).get_json()
+        assert plan["steps"] == []
+        assert [v["field"] for v in plan["violations"]] == ["services.files.volumes"]
+    finally:
+        plain.extensions["pyedge"].close()
+
+
+def test_a_restart_is_checked_against_the_policy_first(
+    cm_config: dict[str, Any], docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": str(shared)})
+    try:
+        client = app.test_client()
+        spec = {"services": {"main": run_spec(command=SLEEPER, volumes=[f"{shared}:/x"])}}
+        deploy(client, "linked", spec)
+        assert client.post(f"{API}/ops/reconcile/stop").status_code == 200
+        done = client.post(f"{API}/ops/reconcile/wait?timeout=20").get_json()
+        assert done["state"] == "done"
+
+        # While nobody reconciles, it dies and its granted directory becomes a link to
+        # /etc: the engine would mount /etc at the restart.
+        docker_client.containers.get("linked-main").kill()
+        shared.rename(tmp_path / "moved")
+        shared.symlink_to("/etc")
+        assert client.post(f"{API}/ops/reconcile/start", json={}).status_code == 202
+
+        def denied() -> dict[str, Any] | None:
+            state = session_apps(client).get("linked", {}).get("services", {}).get("main")
+            return state if state and state["status"] == "denied" else None
+
+        wait_for(denied, what="a pass finding the restart denied")
+        time.sleep(1.0)  # three more passes
+        container = docker_client.containers.get("linked-main")
+        assert container.status == "exited"
+        assert container.attrs["State"]["ExitCode"] == 137, "killed, never started again"
+        state = app_view(client, "linked")["services"]["main"]
+        assert state["restart_count"] == 0
+        assert "goes through a symlink (to /etc)" in state["last_error"]
+    finally:
+        app.extensions["pyedge"].close()
+
+
+def test_put_again_retries_a_crash_looping_service_at_once(
+    cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    # It needs a file that is not there yet: it crash-loops until someone adds it.
+    command = ["sh", "-c", "test -e /data/ok || exit 3; " + SLEEPER[2]]
+    spec = {"services": {"main": run_spec(command=command, volumes=["data:/data"])}}
+    assert cm_client.put(f"{API}/apps/fix", json=spec).status_code == 201
+
+    def backing_off() -> dict[str, Any] | None:
+        state = app_view(cm_client, "fix")["services"]["main"]
+        return state if state["failures"] >= 3 else None
+
+    state = wait_for(backing_off, what="the service backing off")
+    assert state["backoff"] >= 4.0
+    # Mended outside the spec; the user applies the same spec again.
+    docker_client.containers.run(
+        TEST_IMAGE,
+        ["sh", "-c", "echo > /data/ok"],
+        volumes={"fix_data": {"bind": "/data", "mode": "rw"}},
+        remove=True,
+    )
+    began = time.monotonic()
+    response = cm_client.put(f"{API}/apps/fix", json=spec)
+    assert response.status_code == 200
+    assert response.get_json()["generation"] == 1
+    assert response.get_json()["services"]["main"]["failures"] == 0
+    assert response.get_json()["services"]["main"]["backoff"] == 0
+
+    view = wait_for(lambda: running(cm_client, "fix"), timeout=2.5, what="fix restarted at once")
+    assert time.monotonic() - began < 2.5, "not after the 4 s backoff"
+    assert view["services"]["main"]["status"] == "running"
+    assert docker_client.containers.get("fix-main").status == "running"
+
+
+def test_app_locks_do_not_pile_up(
+    cm_app: Flask, cm_client: FlaskClient, docker_client: docker.DockerClient
+) -> None:
+    reconciler: Reconciler = extra(cm_app, RECONCILER)
+    deploy(cm_client, "brief", {"services": {"main": run_spec(command=SLEEPER)}})
+    assert cm_client.delete(f"{API}/apps/brief").status_code == 204
+    # A pass that listed brief before the DELETE may still wait for its lock, briefly.
+    wait_for(lambda: reconciler.locked_apps() == 0, timeout=5, what="no app lock kept")
+    for index in range(50):
+        assert cm_client.delete(f"{API}/apps/nope-{index}").status_code == 404
+    assert reconciler.locked_apps() == 0, "no app is stored: no pass holds one"

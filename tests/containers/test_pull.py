@@ -15,13 +15,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 import pytest
 from flask.testing import FlaskClient
 
 from container_manager.pull import Reference, parse_ref
+from edge_server import create_app
 from tests.containers.conftest import API, wait_for
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
@@ -227,6 +228,133 @@ def slow_proxy(registry: Registry) -> Iterator[SlowProxy]:
     proxy.close()
 
 
+def read_head(source: BinaryIO) -> bytes:
+    """An HTTP message's start line and headers, up to the blank line (b"" at the end)."""
+    head = b""
+    while True:
+        line = source.readline()
+        head += line
+        if line in (b"\r\n", b""):
+            return head if line else b""
+
+
+def header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (lowercase) in `head`."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+class EngineCutter:
+    """A proxy in front of the engine's unix socket, relaying each HTTP exchange as it is;
+    once `armed`, it ends the next pull's response cleanly (with the closing empty chunk)
+    right after its first "Downloading" line, then drops both sides: a stream that ends
+    early without an error, as an engine or a proxy going away at a chunk boundary would."""
+
+    def __init__(self, engine_socket: str) -> None:
+        self.engine_socket = engine_socket
+        # A unix socket path may not exceed 108 bytes: pytest's tmp paths can be longer.
+        self.root = Path(tempfile.mkdtemp(prefix="pyedge-cutter-", dir="/tmp"))
+        self.url = f"unix://{self.root / 'engine.sock'}"
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.root / "engine.sock"))
+        self.listener.listen()
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, name="engine-cutter", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine.connect(self.engine_socket)
+            with self.lock:
+                self.sockets += [client, engine]
+            threading.Thread(target=self._serve, args=(client, engine), daemon=True).start()
+
+    def _serve(self, client: socket.socket, engine: socket.socket) -> None:
+        # Request bodies are taken by Content-Length: the pull Task sends no chunked one.
+        from_client, from_engine = client.makefile("rb"), engine.makefile("rb")
+        try:
+            # One exchange after the other, as a keep-alive connection carries them.
+            while request := read_head(from_client):
+                length = int(header(request, b"content-length") or 0)
+                engine.sendall(request + from_client.read(length))
+                start_line = request.split(b"\r\n", 1)[0]
+                pull = start_line.startswith(b"POST ") and b"/images/create" in start_line
+                if not self._relay_response(from_engine, client, pull and self.armed.is_set()):
+                    return
+        except OSError:
+            pass
+        finally:
+            for sock in (client, engine):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _relay_response(self, source: BinaryIO, sink: socket.socket, cut: bool) -> bool:
+        """Pass one response on; False when the connection is to end."""
+        head = read_head(source)
+        if not head:
+            return False
+        sink.sendall(head)
+        if header(head, b"transfer-encoding") == b"chunked":
+            while True:
+                size_line = source.readline()
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    sink.sendall(size_line + read_head(source))  # the trailer's blank line
+                    return True
+                chunk = size_line + source.read(size + 2)
+                sink.sendall(chunk)
+                if cut and b'"Downloading"' in chunk:
+                    sink.sendall(b"0\r\n\r\n")
+                    self.cut.set()
+                    return False
+        length = header(head, b"content-length")
+        if length is not None:
+            sink.sendall(source.read(int(length)))
+            return True
+        status = int(head.split(b" ", 2)[1])
+        return status in (204, 304)  # no body; any other runs to the end of the connection
+
+    def close(self) -> None:
+        """Stop accepting and cut every connection."""
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)
+        with self.lock:
+            sockets = list(self.sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def cutter(docker_engine: DockerEngine) -> Iterator[EngineCutter]:
+    """The test engine behind an EngineCutter."""
+    proxy = EngineCutter(str(docker_engine.socket))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def cut_client(cm_config: dict[str, Any], cutter: EngineCutter) -> Iterator[FlaskClient]:
+    """A test client of a container-manager whose engine is reached through the cutter."""
+    app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_DOCKER_HOST": cutter.url})
+    yield app.test_client()
+    app.extensions["pyedge"].close()
+
+
 def start_pull(client: FlaskClient, **params: Any) -> dict[str, Any]:
     """POST /ops/pull/start; asserts 202."""
     response = client.post(f"{API}/ops/pull/start", json=params)
@@ -422,3 +550,74 @@ def test_abort_interrupts_the_pull(
     wait_for(lambda: slow_proxy.open_connections == 0, 5, "the engine to drop the download")
     assert cm_client.get(f"{API}/images/{ref}").status_code == 404
     assert not any(ref in image.tags for image in docker_client.images.list())
+
+
+def test_abort_before_the_engine_answers(cm_client: FlaskClient) -> None:
+    # A registry that accepts connections and never answers: the engine writes nothing, not
+    # even its response headers, while it waits for it (tens of seconds).
+    with socket.create_server(("127.0.0.1", 0)) as blackhole:
+        blackhole.settimeout(20)
+        ref = f"127.0.0.1:{blackhole.getsockname()[1]}/x/y:1"
+        threads_before = set(threading.enumerate())
+        start_pull(cm_client, ref=ref)
+        # Once the engine is at the registry, the pull's request is in flight, unanswered.
+        registry_side, _ = blackhole.accept()
+        with registry_side:
+            assert cm_client.get(f"{API}/ops/pull").get_json()["state"] == "running"
+
+            aborted_at = time.monotonic()
+            response = cm_client.post(f"{API}/ops/pull/abort")
+            assert response.status_code == 200, response.json
+            session = wait_pull(cm_client, timeout=5)
+            assert time.monotonic() - aborted_at < 2
+    assert session["success"] is False
+    assert last_message(session) == f"aborted pulling {ref} before the engine answered"
+    assert "image_id" not in session["data"]
+    # The Task's thread ended, and no helper was left blocked on the engine.
+    wait_for(
+        lambda: not set(threading.enumerate()) - threads_before, 5, "the pull's threads to end"
+    )
+
+
+def push_image(client: docker.DockerClient, ref: str, dockerfile: str) -> str:
+    """Build `dockerfile` as `ref`, push it, and remove it locally; returns its image id."""
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
+    repository, _, tag = ref.rpartition(":")
+    for line in client.api.push(repository, tag=tag, stream=True, decode=True):
+        assert "error" not in line, line
+    client.images.remove(image.id, force=True)
+    image_id: str = image.id
+    return image_id
+
+
+def test_a_stream_that_ends_early_is_no_success(
+    cut_client: FlaskClient,
+    cutter: EngineCutter,
+    registry: Registry,
+    slow_proxy: SlowProxy,
+    docker_client: docker.DockerClient,
+) -> None:
+    pushed_as = f"{registry.host}/pyedge/retag:t"
+    # Pulled through the slow proxy: the second pull is still downloading when it is cut.
+    ref = f"127.0.0.1:{slow_proxy.port}/pyedge/retag:t"
+    old_id = push_image(docker_client, pushed_as, f"FROM {TEST_IMAGE}\nRUN echo 1 > /data/v\n")
+    start_pull(cut_client, ref=ref)
+    first = wait_pull(cut_client)
+    assert first["success"] is True, first["messages"]
+    assert first["data"]["image_id"] == old_id
+
+    # A newer image under the same tag; its pull ends without the engine's closing status.
+    newer = f"FROM {TEST_IMAGE}\nRUN busybox dd if=/dev/urandom of=/data/v bs=1M count=3\n"
+    new_id = push_image(docker_client, pushed_as, newer)
+    cutter.armed.set()
+    start_pull(cut_client, ref=ref)
+    session = wait_pull(cut_client)
+    assert cutter.cut.is_set()
+    assert session["success"] is False, session["messages"]
+    message = last_message(session)
+    assert message.startswith(f"failed: pull {ref}: the engine's pull stream ended early: "), (
+        message
+    )
+    assert "image_id" not in session["data"]
+    # The tag still names the old image: reporting it as pulled would have been wrong.
+    assert docker_client.images.get(ref).id == old_id != new_id

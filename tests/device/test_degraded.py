@@ -49,6 +49,14 @@ def two_sensor_app(app_config: dict[str, Any], tmp_path: Path, w1_root: Path) ->
     app.extensions["pyedge"].close()
 
 
+def swap(path: Path, text: str) -> None:
+    """Replace a fake sysfs file at once: the kernel's never shows a half-written state,
+    and write_text's truncation would let the sampling thread read it empty."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    staged.replace(path)
+
+
 def test_a_failing_sensor_is_unavailable_and_the_others_go_on(
     two_sensor_app: Flask, w1_root: Path, recorder: MqttRecorder, node_id: str
 ) -> None:
@@ -57,7 +65,7 @@ def test_a_failing_sensor_is_unavailable_and_the_others_go_on(
     recorder.subscribe(f"{base}/#")
     assert recorder.wait_for(f"{base}/water").json()["value"] == 21.375
     slave = w1_root / "bus" / "w1" / "devices" / W1_DEVICE / "w1_slave"
-    slave.write_text(W1_GOOD.replace("YES", "NO"))  # the bus starts giving bad CRCs
+    swap(slave, W1_GOOD.replace("YES", "NO"))  # the bus starts giving bad CRCs
     recorder.wait_for(f"{base}/water/availability", lambda m: m.payload == b"offline")
     health = client.get("/api/health")
     assert health.status_code == 503
@@ -65,7 +73,7 @@ def test_a_failing_sensor_is_unavailable_and_the_others_go_on(
     assert "CRC" in client.get("/api/device-service/sensors/water").json["error"]
     seen = len(recorder.messages)
     recorder.wait_for(f"{base}/temp", after=seen)  # the other sensor is still sampled
-    slave.write_text(W1_GOOD)  # and the sensor comes back by itself
+    swap(slave, W1_GOOD)  # and the sensor comes back by itself
     recorder.wait_for(f"{base}/water/availability", lambda m: m.payload == b"online", after=seen)
     wait_for(lambda: client.get("/api/health").status_code == 200)
 
