@@ -691,7 +691,7 @@ def test_running_service_the_policy_now_denies_is_stopped_not_removed(
     # Deployed while the node granted the directory...
     granting = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": str(shared)})
     try:
-        deployed = deploy(granting.test_client(), "files", spec)
+        deployed = deploy(authorized_client(granting), "files", spec)
     finally:
         granting.extensions["pyedge"].close()
     ids = {name: state["container_id"] for name, state in deployed["services"].items()}
@@ -699,7 +699,7 @@ def test_running_service_the_policy_now_denies_is_stopped_not_removed(
     # ... then the service restarted without the grant, on the same data directory.
     plain = create_app(cm_config)
     try:
-        client = plain.test_client()
+        client = authorized_client(plain)
 
         def stopped() -> dict[str, Any] | None:
             view = app_view(client, "files")
@@ -739,7 +739,7 @@ def test_a_restart_is_checked_against_the_policy_first(
     shared.mkdir()
     app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_BIND_DIRS": str(shared)})
     try:
-        client = app.test_client()
+        client = authorized_client(app)
         spec = {"services": {"main": run_spec(command=SLEEPER, volumes=[f"{shared}:/x"])}}
         deploy(client, "linked", spec)
         assert client.post(f"{API}/ops/reconcile/stop").status_code == 200

@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 
 from container_manager.pull import Reference, parse_ref
 from edge_server import create_app
+from tests.conftest import authorized_client
 from tests.containers.conftest import API, wait_for
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
@@ -351,7 +352,7 @@ def cutter(docker_engine: DockerEngine) -> Iterator[EngineCutter]:
 def cut_client(cm_config: dict[str, Any], cutter: EngineCutter) -> Iterator[FlaskClient]:
     """A test client of a container-manager whose engine is reached through the cutter."""
     app = create_app({**cm_config, "EDGE_CONTAINER_MANAGER_DOCKER_HOST": cutter.url})
-    yield app.test_client()
+    yield authorized_client(app)
     app.extensions["pyedge"].close()
 
 
