@@ -251,7 +251,7 @@ def header(head: bytes, name: bytes) -> bytes | None:
 class EngineCutter:
     """A proxy in front of the engine's unix socket, relaying each HTTP exchange as it is;
     once `armed`, it ends the next pull's response cleanly (with the closing empty chunk)
-    right after its first "Downloading" line, then drops both sides: a stream that ends
+    right after its first progress line, then drops both sides: a stream that ends
     early without an error, as an engine or a proxy going away at a chunk boundary would."""
 
     def __init__(self, engine_socket: str) -> None:
@@ -315,7 +315,9 @@ class EngineCutter:
                     return True
                 chunk = size_line + source.read(size + 2)
                 sink.sendall(chunk)
-                if cut and b'"Downloading"' in chunk:
+                # The first progress line after "Pulling from": whatever the engine reports
+                # next (Downloading, Waiting, Already exists), the stream is cut there.
+                if cut and b'"status"' in chunk and b"Pulling from" not in chunk:
                     sink.sendall(b"0\r\n\r\n")
                     self.cut.set()
                     return False
