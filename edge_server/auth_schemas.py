@@ -67,7 +67,7 @@ class TokenCreateSchema(ma.Schema):
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
     role = ma.fields.String(required=True, validate=ma.validate.OneOf(ROLES))
     expires_days = ma.fields.Float(
-        load_default=None, allow_none=True, validate=ma.validate.Range(min=0.001)
+        load_default=None, allow_none=True, validate=ma.validate.Range(min=0.001, max=36500)
     )
 
 

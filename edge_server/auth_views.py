@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import g, request
 from flask.views import MethodView
@@ -22,23 +22,12 @@ from edge_server.auth_schemas import (
     UserSchema,
 )
 from pyedge.accounts import AccountError, Identity, NoSuchAccount
-from pyedge.auth import Auth, current_auth, deny
+from pyedge.auth import Auth, LoginRefused, current_auth, deny
 from pyedge.security import Blueprint, Role, public, requires
 
 blp = Blueprint(
     "auth", __name__, url_prefix="/api", description="Login, users, API tokens, the audit log."
 )
-
-
-def limited(auth: Auth, client: str) -> None:
-    """429 while a client has failed too often lately."""
-    wait = auth.limiter.retry_after(client)
-    if wait > 0:
-        deny(
-            HTTPStatus.TOO_MANY_REQUESTS,
-            f"too many failed attempts: try again in {wait:.0f} s",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
 
 
 def describe(identity: Identity, csrf: str | None = None) -> dict[str, Any]:
@@ -53,15 +42,24 @@ def describe(identity: Identity, csrf: str | None = None) -> dict[str, Any]:
     return body
 
 
+def refused(exc: LoginRefused) -> NoReturn:
+    """429 with Retry-After for an attempt the limiter refused."""
+    deny(
+        HTTPStatus.TOO_MANY_REQUESTS,
+        str(exc),
+        headers={"Retry-After": str(int(exc.retry_after) + 1)},
+    )
+
+
 def log_in(auth: Auth, name: str, password: str, remote: str) -> Identity:
-    """A user's identity for a right password; 401 (and a counted failure) otherwise."""
-    limited(auth, remote)
-    identity = auth.accounts.verify_password(name, password)
+    """A user's identity for a right password; 401 (a counted failure) or 429 otherwise."""
+    try:
+        identity = auth.attempt(remote, lambda: auth.accounts.verify_password(name, password))
+    except LoginRefused as exc:
+        refused(exc)
     if identity is None:
-        auth.limiter.failed(remote)
         auth.record(f"user:{name}", "login", "/api/auth/login", HTTPStatus.UNAUTHORIZED)
         deny(HTTPStatus.UNAUTHORIZED, "wrong name or password")
-    auth.limiter.succeeded(remote)
     auth.record(identity.actor, "login", "/api/auth/login", HTTPStatus.OK)
     return identity
 
@@ -86,7 +84,10 @@ class Logout(MethodView):
     @blp.response(204)
     def post(self) -> None:
         """Log out: ends the session."""
-        current_auth().logout()
+        auth = current_auth()
+        if g.identity is not None and g.identity.kind == "user":
+            auth.check_csrf()  # a page elsewhere must not log the user out
+        auth.logout()
 
 
 @blp.route("/auth/setup")
@@ -99,14 +100,22 @@ class Setup(MethodView):
     def post(self, body: dict[str, str]) -> dict[str, Any]:
         """First run: create the first admin with the setup code from the server's log."""
         auth = current_auth()
-        remote = request.remote_addr or ""
-        limited(auth, remote)
+        errors: list[str] = []
+
+        def first_admin() -> Identity | None:
+            try:
+                return auth.accounts.first_admin(body["code"], body["name"], body["password"])
+            except AccountError as exc:
+                errors.append(str(exc))
+                return None
+
         try:
-            identity = auth.accounts.first_admin(body["code"], body["name"], body["password"])
-        except AccountError as exc:
-            auth.limiter.failed(remote)
-            auth.record(f"user:{body['name']}", "setup", "/api/auth/setup", 403, str(exc))
-            deny(HTTPStatus.FORBIDDEN, str(exc))
+            identity = auth.attempt(request.remote_addr or "", first_admin)
+        except LoginRefused as exc:
+            refused(exc)
+        if identity is None:
+            auth.record(f"user:{body['name']}", "setup", "/api/auth/setup", 403, errors[0])
+            deny(HTTPStatus.FORBIDDEN, errors[0])
         auth.record(identity.actor, "setup", "/api/auth/setup", HTTPStatus.CREATED)
         return describe(identity, auth.login(identity))
 
@@ -128,7 +137,8 @@ def store_call(call: Any, *args: Any) -> Any:
     except NoSuchAccount as exc:
         abort(HTTPStatus.NOT_FOUND, message=str(exc))
     except AccountError as exc:
-        status = HTTPStatus.CONFLICT if "already exists" in str(exc) else HTTPStatus.BAD_REQUEST
+        clash = "already exists" in str(exc) or "last admin" in str(exc)
+        status = HTTPStatus.CONFLICT if clash else HTTPStatus.BAD_REQUEST
         abort(status, message=str(exc))
 
 

@@ -20,8 +20,8 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.wrappers import Response as BaseResponse
 
 from pyedge import ServiceHost
-from pyedge.accounts import AccountError
-from pyedge.auth import current_auth
+from pyedge.accounts import AccountError, Identity
+from pyedge.auth import LoginRefused, current_auth
 from pyedge.security import public
 
 # Swagger UI is served from the installed package: a Pi may have no internet.
@@ -71,23 +71,21 @@ def form_page(title: str, setup: bool, error: str = "", status: int = 200) -> tu
 @bp.route("/login", methods=["GET", "POST"])
 def login_page() -> tuple[str, int] | BaseResponse:
     """The login form; a right name and password start a session."""
-    if request.method == "GET":
+    if request.method != "POST":
         return form_page("Log in", setup=False)
     auth = current_auth()
     auth.check_csrf()
-    remote = request.remote_addr or ""
-    wait = auth.limiter.retry_after(remote)
-    if wait > 0:
-        error = f"Too many failed attempts: try again in {wait:.0f} s."
-        return form_page("Log in", False, error, HTTPStatus.TOO_MANY_REQUESTS)
-    identity = auth.accounts.verify_password(
-        request.form.get("name", ""), request.form.get("password", "")
-    )
+    form = request.form
+    name, password = form.get("name", ""), form.get("password", "")
+    try:
+        identity = auth.attempt(
+            request.remote_addr or "", lambda: auth.accounts.verify_password(name, password)
+        )
+    except LoginRefused as exc:
+        return form_page("Log in", False, f"{exc}.", HTTPStatus.TOO_MANY_REQUESTS)
     if identity is None:
-        auth.limiter.failed(remote)
-        auth.record(f"user:{request.form.get('name', '')}", "login", "/login", 401)
+        auth.record(f"user:{name}", "login", "/login", 401)
         return form_page("Log in", False, "Wrong name or password.", HTTPStatus.UNAUTHORIZED)
-    auth.limiter.succeeded(remote)
     auth.record(identity.actor, "login", "/login", 200)
     auth.login(identity)
     return redirect(safe_next(request.form.get("next")))
@@ -100,22 +98,28 @@ def setup_page() -> tuple[str, int] | BaseResponse:
     auth = current_auth()
     if auth.accounts.has_users():
         return redirect(url_for("pages.login_page"))
-    if request.method == "GET":
+    if request.method != "POST":
         return form_page("First run", setup=True)
     auth.check_csrf()
-    remote = request.remote_addr or ""
-    if auth.limiter.retry_after(remote) > 0:
-        return form_page("First run", True, "Too many failed attempts.", 429)
+    form = request.form
+    errors: list[str] = []
+
+    def first_admin() -> Identity | None:
+        try:
+            return auth.accounts.first_admin(
+                form.get("code", ""), form.get("name", ""), form.get("password", "")
+            )
+        except AccountError as exc:
+            errors.append(str(exc))
+            return None
+
     try:
-        identity = auth.accounts.first_admin(
-            request.form.get("code", ""),
-            request.form.get("name", ""),
-            request.form.get("password", ""),
-        )
-    except AccountError as exc:
-        auth.limiter.failed(remote)
-        auth.record(f"user:{request.form.get('name', '')}", "setup", "/setup", 403, str(exc))
-        return form_page("First run", True, f"{exc}.", HTTPStatus.FORBIDDEN)
+        identity = auth.attempt(request.remote_addr or "", first_admin)
+    except LoginRefused as exc:
+        return form_page("First run", True, f"{exc}.", HTTPStatus.TOO_MANY_REQUESTS)
+    if identity is None:
+        auth.record(f"user:{form.get('name', '')}", "setup", "/setup", 403, errors[0])
+        return form_page("First run", True, f"{errors[0]}.", HTTPStatus.FORBIDDEN)
     auth.record(identity.actor, "setup", "/setup", 201)
     auth.login(identity)
     return redirect("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -110,9 +111,12 @@ class AccountStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hasher = PasswordHasher()
         self._dummy = ""
+        # Owner-only from the start (SQLite gives its -wal and -shm files the same mode).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
         with self._session() as db:
             db.executescript(SCHEMA)  # a script commits by itself
-        path.chmod(0o600)
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -148,10 +152,16 @@ class AccountStore:
             raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
         hashed = self._hasher.hash(password)
         with self._session(write=True) as db:
-            db.execute(
-                "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                (name, role.label, hashed, now()),
-            )
+            self._insert_user(db, name, role, hashed)
+
+    @staticmethod
+    def _insert_user(db: sqlite3.Connection, name: str, role: Role, hashed: str) -> None:
+        db.execute(
+            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            (name, role.label, hashed, now()),
+        )
+        # Once a user exists the first-run code is void, whoever made the user.
+        db.execute("DELETE FROM setup")
 
     def has_users(self) -> bool:
         """True once any user exists (the first run is over)."""
@@ -171,10 +181,16 @@ class AccountStore:
         return Identity(name, Role.parse(row[0]), "user") if row else None
 
     def delete_user(self, name: str) -> None:
-        """Delete a user; NoSuchAccount if there is none."""
+        """Delete a user; NoSuchAccount if there is none, AccountError for the last admin."""
         with self._session(write=True) as db:
-            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+            row = db.execute("SELECT role FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
                 raise NoSuchAccount(f"no user {name!r}")
+            admins = db.execute("SELECT COUNT(*) FROM users WHERE role = 'admin'").fetchone()[0]
+            if row[0] == Role.ADMIN.label and admins == 1:
+                # The node would be left with no one to manage it but the device's CLI.
+                raise AccountError(f"{name} is the last admin: add another admin first")
+            db.execute("DELETE FROM users WHERE name = ?", (name,))
 
     def verify_password(self, name: str, password: str) -> Identity | None:
         """The user's identity when the password is right, else None (same time either way)."""
@@ -265,18 +281,22 @@ class AccountStore:
     def first_admin(self, code: str, name: str, password: str) -> Identity:
         """Create the first admin with the setup code; the code works once.
 
-        AccountError when the code is wrong or used, or an admin exists already.
+        AccountError when the code is wrong or used, or a user exists already. The checks
+        and the insert are one write transaction, so two requests racing with the right
+        code make one admin, not two.
         """
-        with self._session() as db:
-            row = db.execute("SELECT code_hash FROM setup WHERE id = 1").fetchone()
+        check_name(name)
+        if len(password) < MIN_PASSWORD:
+            raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
+        hashed = self._hasher.hash(password)  # slow: done before taking the write lock
         given = _digest(code.strip().upper())
-        if row is None or not hmac.compare_digest(row[0], given):
-            raise AccountError("wrong or used setup code")
-        if self.has_users():
-            raise AccountError("the first admin exists already")
-        self.add_user(name, password, Role.ADMIN)
         with self._session(write=True) as db:
-            db.execute("DELETE FROM setup WHERE id = 1")
+            row = db.execute("SELECT code_hash FROM setup WHERE id = 1").fetchone()
+            if row is None or not hmac.compare_digest(row[0], given):
+                raise AccountError("wrong or used setup code")
+            if db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None:
+                raise AccountError("the first admin exists already")
+            self._insert_user(db, name, Role.ADMIN, hashed)
         return Identity(name, Role.ADMIN, "user")
 
     # --- audit ----------------------------------------------------------------------------

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from http import HTTPStatus
 from pathlib import Path
@@ -26,6 +29,7 @@ from flask import Flask, Response, current_app, g, redirect, request, session, u
 from flask_smorest import abort
 
 from pyedge.accounts import AccountStore, Identity
+from pyedge.errors import PyEdgeError
 from pyedge.security import READ_METHODS, Role, view_role
 
 logger = logging.getLogger(__name__)
@@ -33,52 +37,82 @@ logger = logging.getLogger(__name__)
 EXTENSION = "pyedge.auth"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-# A cookie scripts of our own pages can read (Swagger UI sends it back as CSRF_HEADER).
-CSRF_COOKIE = "pyedge_csrf"
 SESSION_HOURS = 12
 # Failed logins allowed per client in the window before it must wait.
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
+# Passwords checked at once, and how long a check waits for a slot before giving up.
+VERIFY_SLOTS = 2
+VERIFY_WAIT_S = 10.0
 # Answered with a redirect to the login page instead of 401: pages for people.
 PAGE_BLUEPRINT = "pages"
 PAGE_ENDPOINTS = frozenset({"api-docs.openapi_swagger_ui"})
 
 
+class LoginRefused(PyEdgeError):
+    """A login or first-run attempt refused before its check: too many, or too busy."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class LoginLimiter:
-    """Failed login attempts per client address, in a sliding window."""
+    """Failed login attempts per client address, in a sliding window.
+
+    An attempt is reserved before the password is checked, so parallel guesses count at
+    once; a success does not wipe the client's failures (one good login of another
+    account must not buy more guesses). At most VERIFY_SLOTS hashes are checked at once:
+    each Argon2 check takes tens of MiB, which a Pi cannot give to a flood.
+    """
 
     def __init__(self, max_failures: int = MAX_FAILURES, window: float = FAILURE_WINDOW_S) -> None:
         self.max_failures = max_failures
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[float]] = {}
+        self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._verifying = threading.BoundedSemaphore(VERIFY_SLOTS)
 
-    def retry_after(self, client: str) -> float:
-        """Seconds the client must wait before trying again (0: it may try now)."""
+    def begin(self, client: str) -> float:
+        """Reserve an attempt: 0 when the client may try now, else the seconds to wait."""
         with self._lock:
             failures = self._prune(client)
-            if len(failures) < self.max_failures:
-                return 0.0
-            return max(0.0, failures[0] + self.window - time.monotonic())
+            pending = self._pending.get(client, 0)
+            if len(failures) + pending >= self.max_failures:
+                oldest = failures[0] if failures else time.monotonic()
+                return max(1.0, oldest + self.window - time.monotonic())
+            self._pending[client] = pending + 1
+            return 0.0
 
-    def failed(self, client: str) -> None:
-        """Count a failed attempt."""
+    def end(self, client: str, ok: bool) -> None:
+        """Close a reserved attempt; a failure counts for the window."""
         with self._lock:
-            self._prune(client).append(time.monotonic())
+            pending = self._pending.get(client, 1) - 1
+            if pending:
+                self._pending[client] = pending
+            else:
+                self._pending.pop(client, None)
+            if not ok:
+                self._failures.setdefault(client, deque()).append(time.monotonic())
 
-    def succeeded(self, client: str) -> None:
-        """Forget the client's failures."""
-        with self._lock:
-            self._failures.pop(client, None)
+    @contextmanager
+    def verifying(self) -> Iterator[bool]:
+        """A slot to check a password in; False when every slot stayed busy."""
+        acquired = self._verifying.acquire(timeout=VERIFY_WAIT_S)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._verifying.release()
 
     def _prune(self, client: str) -> deque[float]:
-        failures = self._failures[client]
+        failures = self._failures.get(client, deque())
         while failures and failures[0] + self.window < time.monotonic():
             failures.popleft()
         if not failures:
-            # Keep the table to clients that failed lately.
+            # Only clients that failed lately are kept: the table stays small.
             self._failures.pop(client, None)
-            failures = self._failures[client]
         return failures
 
 
@@ -98,6 +132,8 @@ class Auth:
         # Lax: the cookie goes with links into the dashboard, not with other sites' posts.
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
         app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=SESSION_HOURS)
+        # Our pages (and Swagger UI's) embed the session's CSRF token for their scripts.
+        app.context_processor(lambda: {"csrf_token": self.csrf_token()})
         app.before_request(self._guard)
         app.after_request(self._after)
         app.extensions[EXTENSION] = self
@@ -143,6 +179,24 @@ class Auth:
         g.identity = identity
         return str(session[CSRF_FIELD])
 
+    def attempt(self, client: str, check: Callable[[], Identity | None]) -> Identity | None:
+        """Run a credential check for a client under the limiter; None (or an error) fails.
+
+        Raises LoginRefused while the client has failed too often, or every slot is busy.
+        """
+        wait = self.limiter.begin(client)
+        if wait > 0:
+            raise LoginRefused(f"too many failed attempts: try again in {wait:.0f} s", wait)
+        identity = None
+        try:
+            with self.limiter.verifying() as slot:
+                if not slot:
+                    raise LoginRefused("busy checking other logins: try again shortly", 5.0)
+                identity = check()
+            return identity
+        finally:
+            self.limiter.end(client, identity is not None)
+
     def logout(self) -> None:
         """End the session."""
         session.clear()
@@ -154,14 +208,24 @@ class Auth:
         return str(session[CSRF_FIELD])
 
     def check_csrf(self) -> None:
-        """403 unless the request carries the session's CSRF token (header or form field)."""
+        """403 unless a session's unsafe request carries its CSRF token and comes from here.
+
+        The API takes the token only in the X-CSRF-Token header: a cross-origin page cannot
+        set a header without a preflight, which is never granted. The form field is for our
+        own pages' forms. A browser's Origin, when sent, must be this server's.
+        """
+        origin = request.headers.get("Origin")
+        if origin and origin.rstrip("/") != request.host_url.rstrip("/"):
+            deny(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin} refused")
         expected = session.get(CSRF_FIELD)
-        given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
+        given = request.headers.get(CSRF_HEADER, "")
+        if not given and request.blueprint == PAGE_BLUEPRINT:
+            given = request.form.get(CSRF_FIELD, "")
         if not expected or not given or not hmac.compare_digest(str(expected), given):
             deny(
                 HTTPStatus.FORBIDDEN,
-                f"missing or wrong CSRF token: send {CSRF_HEADER} (from the {CSRF_COOKIE} "
-                "cookie) with every change made through a login session",
+                f"missing or wrong CSRF token: send {CSRF_HEADER} with every change made "
+                "through a login session (the login answer and the pages carry it)",
             )
 
     # --- hooks ----------------------------------------------------------------------------
@@ -196,7 +260,7 @@ class Auth:
         return None
 
     def _after(self, response: Response) -> Response:
-        """Audit every change; give a login session's scripts their CSRF token."""
+        """Audit every change."""
         if request.method not in READ_METHODS and request.endpoint is not None:
             role = view_role(current_app.view_functions[request.endpoint], request.method)
             # A POST that only reads (an operation's wait) changes nothing.
@@ -208,14 +272,6 @@ class Auth:
                     request.path,
                     response.status_code,
                 )
-        if CSRF_FIELD in session:
-            response.set_cookie(
-                CSRF_COOKIE,
-                str(session[CSRF_FIELD]),
-                samesite="Lax",
-                secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")),
-                httponly=False,  # read by our own page scripts, by design
-            )
         return response
 
     def record(
@@ -247,14 +303,21 @@ def current_auth() -> Auth:
 
 
 def _secret_key(path: Path) -> bytes:
-    """The app's session-signing key, made on first run and kept owner-only."""
+    """The app's session-signing key, made on first run, owner-only from its first byte."""
     try:
+        if path.stat().st_mode & 0o077:
+            logger.warning("%s was readable by others: made owner-only", path)
+            path.chmod(0o600)
         return path.read_bytes()
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(key)
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        return key
+        pass
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    # Created 0600 by open() itself: a chmod afterwards would leave a window to read it.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    tmp.replace(path)
+    return key
