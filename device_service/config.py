@@ -21,6 +21,21 @@ def detect_machine_type() -> str:
     return {"Windows": "pc_win", "Darwin": "mac"}.get(platform.system(), "pc_linux")
 
 
+def discovery_prefix(value: object) -> str:
+    """Parse Home Assistant's discovery prefix: a topic name, which goes into ACL filters."""
+    prefix = cfg.text(value)
+    # The broker's ACL is built from it (edge_server/mqtt_accounts.py): a wildcard would
+    # widen every rule, a line break would add rules of its own, and `$` topics are the
+    # broker's. Empty levels (`a//b`, a leading or trailing `/`) are typos.
+    if any(char in prefix for char in "+#") or any(not char.isprintable() for char in prefix):
+        raise ValueError(f"expected a topic without '+', '#' or control characters, got {value!r}")
+    if prefix.startswith("$"):
+        raise ValueError(f"expected a topic not starting with '$' (the broker's), got {value!r}")
+    if "" in prefix.split("/"):
+        raise ValueError(f"expected topic levels joined by single '/', got {value!r}")
+    return prefix
+
+
 SETTINGS = (
     cfg.Setting(
         "sensors",
@@ -71,5 +86,7 @@ SETTINGS = (
     ),
     cfg.Setting("acquire_autostart", cfg.boolean, True, "start sampling when the service starts"),
     cfg.Setting("discovery", cfg.boolean, True, "announce the sensors to Home Assistant"),
-    cfg.Setting("discovery_prefix", cfg.text, "homeassistant", "Home Assistant's discovery prefix"),
+    cfg.Setting(
+        "discovery_prefix", discovery_prefix, "homeassistant", "Home Assistant's discovery prefix"
+    ),
 )

@@ -13,6 +13,7 @@ from edge_server import auth_views, pages, views
 from edge_server.registry import configure
 from pyedge import EdgeService, ServiceHost, __version__
 from pyedge.auth import Auth
+from pyedge.bus_config import mqtt_login
 from pyedge.security import SECURITY_SCHEMES
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,17 @@ OPENAPI_CONFIG = {
     "OPENAPI_SWAGGER_UI_PATH": "docs",
     "OPENAPI_SWAGGER_UI_URL": pages.SWAGGER_ASSETS_URL,
 }
+
+
+def process_slug(settings: Mapping[str, Any], services: Sequence[EdgeService]) -> str:
+    """The process slug (will, client id): a service's own when it runs alone with its account."""
+    # A service started on its own logs in with its own account, which may write only its
+    # subtree: the will must be its status topic, or the broker drops it and a crash goes
+    # unseen. Solo mode (and any other mix) is the edge-server, whose account writes all.
+    username, _password = mqtt_login(settings)
+    if len(services) == 1 and username == services[0].slug:
+        return services[0].slug
+    return PROCESS_SLUG
 
 
 def create_app(
@@ -56,7 +68,7 @@ def create_app(
     api.register_blueprint(auth_views.blp)
     app.register_blueprint(pages.bp)
 
-    host = ServiceHost(services, process_slug=PROCESS_SLUG)
+    host = ServiceHost(services, process_slug=process_slug(settings, services))
     host.close_hooks.append(auth.close)
     host.init_app(app, api)
     try:
@@ -65,6 +77,9 @@ def create_app(
         host.close()  # a service that failed to start must not leave the others running
         raise
     logger.info(
-        "edge-server on node %s with %s", host.node, ", ".join(host.runtimes) or "no services"
+        "%s on node %s with %s",
+        host.process_slug,
+        host.node,
+        ", ".join(host.runtimes) or "no services",
     )
     return app

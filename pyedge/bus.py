@@ -86,6 +86,9 @@ class Bus:
         """Mark `topic` retained `online` on every connect and `offline` on close."""
         # Under the lock, as the connect handler is: a topic is announced exactly once.
         with self._lock:
+            if topic in self._status_topics:
+                # The will's topic, when a service runs on its own: already announced.
+                return
             self._status_topics.append(topic)
             if self.connected:
                 self.publish(topic, ONLINE, retain=True)

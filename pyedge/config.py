@@ -19,7 +19,8 @@ Parser = Callable[[Any], Any]
 CONFIG_FILE_ENV = "EDGE_CONFIG"
 ENV_PREFIX = "EDGE_"
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-# MQTT topic segments must not hold wildcards or separators.
+# MQTT topic segments must not hold wildcards or separators. Used with fullmatch: `$`
+# alone would let a trailing line break through, into the broker's ACL file.
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -154,7 +155,7 @@ def slug_list(value: Any) -> list[str] | None:
     items = value if isinstance(value, list) else str(value).split(",")
     slugs = [str(item).strip() for item in items if str(item).strip()]
     for slug in slugs:
-        if not SLUG_RE.match(slug):
+        if not SLUG_RE.fullmatch(slug):
             raise ValueError(f"{slug!r} is not a service slug (lowercase words joined by '-')")
     return slugs or None
 
@@ -169,7 +170,7 @@ def text_list(value: Any) -> list[str]:
 
 def node_id(value: Any) -> str:
     """Parse a node id usable as one MQTT topic segment."""
-    if not isinstance(value, str) or not NODE_ID_RE.match(value):
+    if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
         raise ValueError(
             f"expected letters, digits, '.', '_' or '-' (at most 64, no '/', '+', '#'), "
             f"got {value!r}"

@@ -81,7 +81,7 @@ class EdgeService:
         settings: Sequence[Setting] = (),
         import_name: str | None = None,
     ) -> None:
-        if not SLUG_RE.match(slug):
+        if not SLUG_RE.fullmatch(slug):
             raise ValueError(f"service slug {slug!r} must be lowercase words joined by '-'")
         self.slug = slug
         self.title = title

@@ -21,6 +21,7 @@ from edge_server.mqtt_accounts import (
     ANY_NODE,
     EDGE_SERVER,
     SUBSCRIBER,
+    AccountSpec,
     BrokerAccounts,
     ensure_accounts,
     plan_accounts,
@@ -32,6 +33,12 @@ from pyedge.security import Role
 from pyedge.service import topic_root
 from tests.docker_engine import DockerEngine
 from tests.mqtt_recorder import MqttRecorder
+
+# Test brokers only: an account that reads every topic, so that a test which checks that
+# a denied message was never delivered would see it wherever it went (`subscriber` reads
+# only `<root>/#` and the discovery prefix, blind to a leak anywhere else).
+OBSERVER = "observer"
+OBSERVER_SPEC = AccountSpec(OBSERVER, "tests only: reads every topic", read=("#",))
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,10 @@ def app_login(accounts: BrokerAccounts) -> dict[str, str]:
 
 
 def broker_accounts(directory: Path, site: str = "", node: str = ANY_NODE) -> BrokerAccounts:
-    """A test broker's accounts: by default for any node id (each test has its own)."""
+    """A test broker's accounts, OBSERVER's too; by default for any node (each test has its own)."""
     root = topic_root(site)
     specs = plan_accounts(root=root, node=node, services=installed_services())
-    return ensure_accounts(directory, specs, root)
+    return ensure_accounts(directory, [*specs, OBSERVER_SPEC], root)
 
 
 def start_broker(

@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import pwd
+import re
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import threading
@@ -22,18 +26,21 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_server import cli, create_app
-from edge_server.broker import Mosquitto, TlsListener
+from edge_server.broker import Mosquitto, TlsListener, find_mosquitto, port_open
+from edge_server.config import REPO_MQTT_CONFIG
 from edge_server.mqtt_accounts import (
+    DISCOVERY_PREFIX_KEY,
     AccountError,
     ensure_accounts,
     load_accounts,
     node_accounts,
     plan_accounts,
 )
+from edge_server.registry import configure
 from edge_server.tls import ensure_certificate
 from pyedge import Bus, BusSettings, ConfigError
 from pyedge.bus_config import mqtt_login
-from tests.conftest import Broker, app_login, free_port, start_broker
+from tests.conftest import OBSERVER, Broker, app_login, free_port, start_broker
 from tests.mqtt_recorder import MqttRecorder
 from tests.test_run import PYEDGE, start_node, stop_node, wait_ready
 
@@ -104,9 +111,9 @@ class Publisher:
 
 @pytest.fixture
 def everything(broker: Broker) -> Iterator[MqttRecorder]:
-    """A subscriber to every topic it may read, as a dashboard would be."""
+    """A subscriber to every topic there is (the test-only observer account)."""
     recorder = MqttRecorder(
-        broker.host, broker.port, f"all-{uuid.uuid4().hex[:8]}", **broker.login("subscriber")
+        broker.host, broker.port, f"all-{uuid.uuid4().hex[:8]}", **broker.login(OBSERVER)
     )
     recorder.subscribe("#")
     yield recorder
@@ -115,6 +122,8 @@ def everything(broker: Broker) -> Iterator[MqttRecorder]:
 
 def assert_never_delivered(recorder: MqttRecorder, denied: list[str], sentinel: str) -> None:
     """Wait for `sentinel` (published after the denied ones); none of `denied` came first."""
+    # `recorder` must be able to read every topic in `denied` (the observer account), or a
+    # leak would go unseen and this could not fail.
     recorder.wait_for(sentinel)
     # The broker handles a client's PUBLISHes in order and queues deliveries in the same
     # order: had a denied message passed, it would have arrived before the sentinel.
@@ -147,11 +156,12 @@ def test_a_service_account_publishes_only_under_its_own_subtree(
     device = Publisher(broker.port, broker.login("device-service"), f"dev-{node_id}")
     try:
         denied = [f"pyedge/{node_id}/custom-service/x", "other/topic", f"pyedge/{node_id}/x"]
-        for topic in denied:
-            assert device.publish(topic).value == NOT_AUTHORIZED, topic
+        codes = {topic: device.publish(topic).value for topic in denied}
         own = f"pyedge/{node_id}/device-service/sensors/x"
         assert not device.publish(own).is_failure
+        # Delivery first: that nothing leaked matters more than what the PUBACK said.
         assert_never_delivered(everything, denied, own)
+        assert codes == dict.fromkeys(denied, NOT_AUTHORIZED)
         # Its other topics: Home Assistant discovery for a node, under the prefix only.
         discovery = f"homeassistant/sensor/{node_id}/x/config"
         assert not device.publish(discovery).is_failure
@@ -167,13 +177,13 @@ def test_the_subscriber_account_cannot_publish(
     subscriber = Publisher(broker.port, broker.login("subscriber"), f"ro-{node_id}")
     edge = Publisher(broker.port, broker.login("edge-server"), f"es-{node_id}")
     try:
-        denied = [f"pyedge/{node_id}/custom-service/status", f"pyedge/{node_id}/x/set"]
-        for topic in denied:
-            assert subscriber.publish(topic).value == NOT_AUTHORIZED
+        denied = [f"pyedge/{node_id}/custom-service/status", f"pyedge/{node_id}/x/set", "other/x"]
+        codes = {topic: subscriber.publish(topic).value for topic in denied}
         # Its PUBACKs came back, so the broker had handled those before this one.
         sentinel = f"pyedge/{node_id}/edge-server/sentinel"
         assert not edge.publish(sentinel).is_failure
         assert_never_delivered(everything, denied, sentinel)
+        assert codes == dict.fromkeys(denied, NOT_AUTHORIZED)
     finally:
         subscriber.close()
         edge.close()
@@ -196,10 +206,12 @@ def test_home_assistant_may_switch_actuators_and_announce_itself_only(
 def test_a_site_prefixes_every_topic_and_its_node_accounts_stay_inside(
     app_config: dict[str, Any], tmp_path: Path, node_id: str
 ) -> None:
-    # Accounts for this one node of site plant-a, as `pyedge run` makes them.
+    # Accounts for this one node of site plant-a, as `pyedge run` makes them. The watcher
+    # reads every topic (the test-only observer): a message outside the site's root would
+    # be invisible to `subscriber`, so only it can show one.
     mosquitto = start_broker(tmp_path / "broker", site="plant-a", node=node_id)
     watcher = MqttRecorder(
-        "127.0.0.1", mosquitto.port, f"w-{node_id}", **mosquitto.accounts.login("subscriber")
+        "127.0.0.1", mosquitto.port, f"w-{node_id}", **mosquitto.accounts.login(OBSERVER)
     )
     device = Publisher(mosquitto.port, mosquitto.accounts.login("device-service"), f"d-{node_id}")
     app = create_app(
@@ -218,10 +230,10 @@ def test_a_site_prefixes_every_topic_and_its_node_accounts_stay_inside(
             f"pyedge/{node_id}/device-service/x",
             "plant-a/pyedge/other-node/device-service/x",
         ]
-        for topic in denied:
-            assert device.publish(topic).value == NOT_AUTHORIZED, topic
+        codes = {topic: device.publish(topic).value for topic in denied}
         assert not device.publish(f"{root}/device-service/x").is_failure
         assert_never_delivered(watcher, denied, f"{root}/device-service/x")
+        assert codes == dict.fromkeys(denied, NOT_AUTHORIZED)
     finally:
         app.extensions["pyedge"].close()
         device.close()
@@ -286,6 +298,36 @@ def test_the_acl_confines_each_account_to_its_node_and_subtree(tmp_path: Path) -
     }
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        *[(DISCOVERY_PREFIX_KEY, prefix) for prefix in ("ha/+", "#", "ha//x", "/ha", "ha/")],
+        (DISCOVERY_PREFIX_KEY, "$SYS"),
+        (DISCOVERY_PREFIX_KEY, "ha\ntopic readwrite #"),  # a rule of its own in the ACL
+        ("EDGE_NODE_ID", "n1\n"),
+        ("EDGE_NODE_ID", "n+"),
+        ("EDGE_SITE", "plant/a"),
+        ("EDGE_SITE", "$SYS"),
+    ],
+)
+def test_settings_that_go_into_acl_filters_must_be_plain_topics(key: str, value: str) -> None:
+    # The settings `pyedge run` plans the accounts from (device-service's included).
+    with pytest.raises(ConfigError) as error:
+        configure({"EDGE_SERVICES": "device-service", key: value})
+    assert error.value.key == key
+
+
+def test_a_discovery_prefix_of_several_levels_confines_the_discovery_rules() -> None:
+    settings, _services = configure(
+        {"EDGE_SERVICES": "device-service", "EDGE_NODE_ID": "n1",
+         DISCOVERY_PREFIX_KEY: " plant-a/home assistant "}
+    )  # fmt: skip
+    device = {spec.name: spec for spec in node_accounts(settings, ["device-service"])}[
+        "device-service"
+    ]
+    assert device.write == ("pyedge/n1/device-service/#", "plant-a/home assistant/+/n1/#")
+
+
 def test_no_accounts_yet_says_how_they_are_made(tmp_path: Path) -> None:
     with pytest.raises(AccountError, match="pyedge run"):
         load_accounts(tmp_path)
@@ -307,6 +349,35 @@ def test_an_app_logs_in_from_a_credentials_file(
         assert app.extensions["pyedge"].bus.wait_connected(5)
     finally:
         app.extensions["pyedge"].close()
+
+
+def test_a_service_on_its_own_marks_its_own_status_offline_when_it_dies(
+    app_config: dict[str, Any], broker: Broker, recorder: MqttRecorder, node_id: str
+) -> None:
+    topic = f"pyedge/{node_id}/custom-service/status"
+    recorder.subscribe(f"pyedge/{node_id}/#")
+    # The one service, logged in with its own account: what `pyedge run --no-broker` with
+    # EDGE_SERVICES=custom-service and that account's credentials runs.
+    login = broker.login("custom-service")
+    app = create_app(
+        {**app_config, "EDGE_MQTT_USERNAME": login["username"],
+         "EDGE_MQTT_PASSWORD": login["password"]}
+    )  # fmt: skip
+    host = app.extensions["pyedge"]
+    try:
+        assert host.bus.wait_connected(5), host.bus.last_error
+        recorder.wait_for(topic, lambda m: m.payload == b"online")
+        # Its connection dies without a DISCONNECT, as when the process is killed: only the
+        # will can tell, and the broker publishes it only where the account may write.
+        host.bus._client.socket().shutdown(socket.SHUT_RDWR)
+        died = recorder.wait_for(topic, lambda m: m.payload == b"offline")
+        # The bus comes back by itself; a clean close then says offline once more.
+        after = recorder.messages.index(died) + 1
+        back = recorder.wait_for(topic, lambda m: m.payload == b"online", after=after)
+        after = recorder.messages.index(back) + 1
+    finally:
+        host.close()
+    recorder.wait_for(topic, lambda m: m.payload == b"offline", after=after)
 
 
 def test_unusable_logins_are_configuration_errors(tmp_path: Path) -> None:
@@ -402,6 +473,74 @@ def test_the_bus_refuses_a_broker_it_cannot_verify(
             assert "mismatch" in (bus.last_error or "")
     finally:
         bus.close()
+
+
+# The commented lines at the end of mqtt/mosquitto.conf, and what they hold.
+SHIPPED_LINE = re.compile(r"^#((?:user|persistence_location|password_file|acl_file|listener|"
+                          r"certfile|keyfile) .*)$", re.MULTILINE)  # fmt: skip
+SHIPPED_DATA_DIR = "/home/pi/pyedge/data"
+
+
+def test_the_shipped_config_runs_a_tls_listener_once_its_lines_are_uncommented(
+    tmp_path: Path, node_id: str
+) -> None:
+    shipped = REPO_MQTT_CONFIG.read_text()
+    assert "\nallow_anonymous false\n" in shipped
+    enabled = SHIPPED_LINE.sub(r"\1", shipped)
+    commented = set(shipped.splitlines())
+    settings = [line.split()[0] for line in enabled.splitlines() if line not in commented]
+    assert settings == ["user", "persistence_location", "password_file", "acl_file",
+                        "listener", "listener", "certfile", "keyfile"]  # fmt: skip
+    # The node's files where `pyedge run` leaves them in its data dir; the shipped paths,
+    # user and ports made this machine's (a wrong path would stop Mosquitto).
+    data_dir = tmp_path / "data"
+    specs = plan_accounts(root="pyedge", node=node_id, services=["custom-service"])
+    accounts = ensure_accounts(data_dir / "mosquitto", specs, "pyedge")
+    cert = ensure_certificate(data_dir).cert
+    plain, tls = free_port(), free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        enabled.replace(SHIPPED_DATA_DIR, str(data_dir))
+        .replace("\nuser pi\n", f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        .replace("\nlistener 1883 ", f"\nlistener {plain} ")
+        .replace("\nlistener 8883 ", f"\nlistener {tls} ")
+    )
+    log = (tmp_path / "mosquitto.log").open("wb")
+    process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=log, stderr=log)
+    recorder = bus = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (port_open("127.0.0.1", plain) and port_open("127.0.0.1", tls)):
+            assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
+            assert time.monotonic() < deadline, "Mosquitto did not listen"
+            time.sleep(0.05)
+        assert connect_result(plain).is_failure  # anonymous
+        recorder = MqttRecorder("127.0.0.1", plain, f"r-{node_id}", **accounts.login("subscriber"))
+        recorder.subscribe(f"pyedge/{node_id}/#")
+        # A service on another machine: TLS, the node's certificate verified, its account.
+        status = f"pyedge/{node_id}/custom-service/status"
+        bus = Bus(
+            BusSettings(
+                "127.0.0.1",
+                tls,
+                f"tls-{node_id}",
+                will_topic=status,
+                tls=True,
+                ca_file=cert,
+                **accounts.login("custom-service"),
+            )
+        )
+        bus.start()
+        assert bus.wait_connected(10), bus.last_error
+        recorder.wait_for(status, lambda m: m.payload == b"online")
+    finally:
+        if bus is not None:
+            bus.close()
+        if recorder is not None:
+            recorder.close()
+        process.terminate()
+        process.wait(10)
+        log.close()
 
 
 # --- `pyedge run` and `pyedge mqtt credentials` ---
