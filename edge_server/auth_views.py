@@ -100,22 +100,15 @@ class Setup(MethodView):
     def post(self, body: dict[str, str]) -> dict[str, Any]:
         """First run: create the first admin with the setup code from the server's log."""
         auth = current_auth()
-        errors: list[str] = []
-
-        def first_admin() -> Identity | None:
-            try:
-                return auth.accounts.first_admin(body["code"], body["name"], body["password"])
-            except AccountError as exc:
-                errors.append(str(exc))
-                return None
-
         try:
-            identity = auth.attempt(request.remote_addr or "", first_admin)
+            identity = auth.first_admin(
+                request.remote_addr or "", body["code"], body["name"], body["password"]
+            )
         except LoginRefused as exc:
             refused(exc)
-        if identity is None:
-            auth.record(f"user:{body['name']}", "setup", "/api/auth/setup", 403, errors[0])
-            deny(HTTPStatus.FORBIDDEN, errors[0])
+        except AccountError as exc:
+            auth.record(f"user:{body['name']}", "setup", "/api/auth/setup", 403, str(exc))
+            deny(HTTPStatus.FORBIDDEN, str(exc))
         auth.record(identity.actor, "setup", "/api/auth/setup", HTTPStatus.CREATED)
         return describe(identity, auth.login(identity))
 

@@ -20,7 +20,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.wrappers import Response as BaseResponse
 
 from pyedge import ServiceHost
-from pyedge.accounts import AccountError, Identity
+from pyedge.accounts import AccountError
 from pyedge.auth import LoginRefused, current_auth
 from pyedge.security import public
 
@@ -102,24 +102,16 @@ def setup_page() -> tuple[str, int] | BaseResponse:
         return form_page("First run", setup=True)
     auth.check_csrf()
     form = request.form
-    errors: list[str] = []
-
-    def first_admin() -> Identity | None:
-        try:
-            return auth.accounts.first_admin(
-                form.get("code", ""), form.get("name", ""), form.get("password", "")
-            )
-        except AccountError as exc:
-            errors.append(str(exc))
-            return None
-
+    name = form.get("name", "")
     try:
-        identity = auth.attempt(request.remote_addr or "", first_admin)
+        identity = auth.first_admin(
+            request.remote_addr or "", form.get("code", ""), name, form.get("password", "")
+        )
     except LoginRefused as exc:
         return form_page("First run", True, f"{exc}.", HTTPStatus.TOO_MANY_REQUESTS)
-    if identity is None:
-        auth.record(f"user:{form.get('name', '')}", "setup", "/setup", 403, errors[0])
-        return form_page("First run", True, f"{errors[0]}.", HTTPStatus.FORBIDDEN)
+    except AccountError as exc:
+        auth.record(f"user:{name}", "setup", "/setup", 403, str(exc))
+        return form_page("First run", True, f"{exc}.", HTTPStatus.FORBIDDEN)
     auth.record(identity.actor, "setup", "/setup", 201)
     auth.login(identity)
     return redirect("/")

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from flask import Flask, Response, current_app, g, redirect, request, session, url_for
 from flask_smorest import abort
 
-from pyedge.accounts import AccountStore, Identity
+from pyedge.accounts import AccountError, AccountStore, Identity
 from pyedge.errors import PyEdgeError
 from pyedge.security import READ_METHODS, Role, view_role
 
@@ -196,6 +196,26 @@ class Auth:
             return identity
         finally:
             self.limiter.end(client, identity is not None)
+
+    def first_admin(self, client: str, code: str, name: str, password: str) -> Identity:
+        """Create the first admin with the setup code, under the limiter.
+
+        Raises AccountError (a counted failure: wrong code, an admin exists, a bad name or
+        password) or LoginRefused.
+        """
+        errors: list[AccountError] = []
+
+        def create() -> Identity | None:
+            try:
+                return self.accounts.first_admin(code, name, password)
+            except AccountError as exc:
+                errors.append(exc)
+                return None
+
+        identity = self.attempt(client, create)
+        if identity is None:
+            raise errors[0]
+        return identity
 
     def logout(self) -> None:
         """End the session."""
