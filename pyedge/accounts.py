@@ -12,6 +12,7 @@ import hmac
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,12 +112,33 @@ class AccountStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hasher = PasswordHasher()
         self._dummy = ""
+        self._local = threading.local()
         # Owner-only from the start (SQLite gives its -wal and -shm files the same mode).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         with self._session() as db:
             db.executescript(SCHEMA)  # a script commits by itself
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection, kept: every request looks up its caller,
+        and opening a connection per lookup cost more than the rest of the request."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+                db.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as exc:
+                raise AccountError(f"accounts {self.path}: {exc}") from exc
+            self._local.db = db
+        return db
+
+    def _read(self, query: str, args: tuple[Any, ...]) -> Any:
+        """One row of a read on this thread's connection (autocommit: always current)."""
+        try:
+            return self._reader().execute(query, args).fetchone()
+        except sqlite3.Error as exc:
+            raise AccountError(f"accounts {self.path}: {exc}") from exc
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -176,8 +198,7 @@ class AccountStore:
 
     def user(self, name: str) -> Identity | None:
         """A user's identity (its current role), or None."""
-        with self._session() as db:
-            row = db.execute("SELECT role FROM users WHERE name = ?", (name,)).fetchone()
+        row = self._read("SELECT role FROM users WHERE name = ?", (name,))
         return Identity(name, Role.parse(row[0]), "user") if row else None
 
     def delete_user(self, name: str) -> None:
@@ -250,11 +271,10 @@ class AccountStore:
         if not token.startswith(TOKEN_PREFIX):
             return None
         stamp = now()
-        with self._session() as db:
-            row = db.execute(
-                "SELECT name, role, expires_at, last_used_at FROM tokens WHERE token_hash = ?",
-                (_digest(token),),
-            ).fetchone()
+        row = self._read(
+            "SELECT name, role, expires_at, last_used_at FROM tokens WHERE token_hash = ?",
+            (_digest(token),),
+        )
         if row is None or (row[2] is not None and row[2] <= stamp):
             return None
         name, role, _expires, last_used = row
