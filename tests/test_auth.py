@@ -177,40 +177,37 @@ def setup_code(caplog: pytest.LogCaptureFixture) -> str:
     return found[-1]
 
 
-def test_racing_setups_make_one_admin(
+@pytest.fixture
+def first_run(
     app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
+) -> Iterator[tuple[Flask, str]]:
+    """A node with no user yet, and the setup code it logged."""
     caplog.set_level("WARNING")
     app = create_app(app_config)
-    try:
-        code = setup_code(caplog)
-
-        def setup(index: int) -> int:
-            body = {"code": code, "name": f"adm{index}", "password": PASSWORD}
-            return app.test_client().post("/api/auth/setup", json=body).status_code
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            statuses = list(pool.map(setup, range(4)))
-        assert sorted(statuses) == [201, 403, 403, 403]
-        assert len(accounts(app).accounts.users()) == 1
-    finally:
-        app.extensions["pyedge"].close()
+    yield app, setup_code(caplog)
+    app.extensions["pyedge"].close()
 
 
-def test_a_user_made_on_the_device_voids_the_setup_code(
-    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level("WARNING")
-    app = create_app(app_config)
-    try:
-        code = setup_code(caplog)
-        store = accounts(app).accounts
-        store.add_user("dev", PASSWORD, Role.VIEWER)
-        store.delete_user("dev")  # no user again: the logged code must not come back
-        body = {"code": code, "name": "late", "password": PASSWORD}
-        assert app.test_client().post("/api/auth/setup", json=body).status_code == 403
-    finally:
-        app.extensions["pyedge"].close()
+def test_racing_setups_make_one_admin(first_run: tuple[Flask, str]) -> None:
+    app, code = first_run
+
+    def setup(index: int) -> int:
+        body = {"code": code, "name": f"adm{index}", "password": PASSWORD}
+        return app.test_client().post("/api/auth/setup", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(setup, range(4)))
+    assert sorted(statuses) == [201, 403, 403, 403]
+    assert len(accounts(app).accounts.users()) == 1
+
+
+def test_a_user_made_on_the_device_voids_the_setup_code(first_run: tuple[Flask, str]) -> None:
+    app, code = first_run
+    store = accounts(app).accounts
+    store.add_user("dev", PASSWORD, Role.VIEWER)
+    store.delete_user("dev")  # no user again: the logged code must not come back
+    body = {"code": code, "name": "late", "password": PASSWORD}
+    assert app.test_client().post("/api/auth/setup", json=body).status_code == 403
 
 
 def test_secrets_are_owner_only(app: Flask, app_config: dict[str, Any]) -> None:
@@ -220,51 +217,36 @@ def test_secrets_are_owner_only(app: Flask, app_config: dict[str, Any]) -> None:
         assert mode == 0o600, f"{name} is {oct(mode)}"
 
 
-def test_first_run_setup_code_works_once(
-    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level("WARNING")
-    app = create_app(app_config)
-    try:
-        code = setup_code(caplog)
-        client = app.test_client()
-        wrong = client.post(
-            "/api/auth/setup", json={"code": "AAAA-BBBB-CCCC", "name": "root", "password": PASSWORD}
-        )
-        assert wrong.status_code == 403
-        first = client.post(
-            "/api/auth/setup", json={"code": code, "name": "ada", "password": PASSWORD}
-        )
-        assert first.status_code == 201
-        assert first.json["role"] == "admin"
-        assert client.get("/api/auth/me").json["name"] == "ada"  # logged in by it
-        again = app.test_client().post(
-            "/api/auth/setup", json={"code": code, "name": "eve", "password": PASSWORD}
-        )
-        assert again.status_code == 403
-        assert [u["name"] for u in accounts(app).accounts.users()] == ["ada"]
-        assert app.test_client().get("/setup").status_code == 302  # no first run any more
-    finally:
-        app.extensions["pyedge"].close()
+def test_first_run_setup_code_works_once(first_run: tuple[Flask, str]) -> None:
+    app, code = first_run
+    client = app.test_client()
+    wrong = client.post(
+        "/api/auth/setup", json={"code": "AAAA-BBBB-CCCC", "name": "root", "password": PASSWORD}
+    )
+    assert wrong.status_code == 403
+    first = client.post("/api/auth/setup", json={"code": code, "name": "ada", "password": PASSWORD})
+    assert first.status_code == 201
+    assert first.json["role"] == "admin"
+    assert client.get("/api/auth/me").json["name"] == "ada"  # logged in by it
+    again = app.test_client().post(
+        "/api/auth/setup", json={"code": code, "name": "eve", "password": PASSWORD}
+    )
+    assert again.status_code == 403
+    assert [u["name"] for u in accounts(app).accounts.users()] == ["ada"]
+    assert app.test_client().get("/setup").status_code == 302  # no first run any more
 
 
-def test_setup_page_creates_the_admin(
-    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level("WARNING")
-    app = create_app(app_config)
-    try:
-        client = app.test_client()
-        page = client.get("/setup").get_data(as_text=True)
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
-        assert csrf
-        form = {"code": setup_code(caplog), "name": "ada", "password": PASSWORD}
-        assert client.post("/setup", data=form).status_code == 403  # no CSRF token
-        done = client.post("/setup", data={**form, "csrf_token": csrf[1]})
-        assert done.status_code == 302
-        assert client.get("/").status_code == 200
-    finally:
-        app.extensions["pyedge"].close()
+def test_setup_page_creates_the_admin(first_run: tuple[Flask, str]) -> None:
+    app, code = first_run
+    client = app.test_client()
+    page = client.get("/setup").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf
+    form = {"code": code, "name": "ada", "password": PASSWORD}
+    assert client.post("/setup", data=form).status_code == 403  # no CSRF token
+    done = client.post("/setup", data={**form, "csrf_token": csrf[1]})
+    assert done.status_code == 302
+    assert client.get("/").status_code == 200
 
 
 @pytest.fixture
