@@ -280,7 +280,12 @@ class Auth:
         return None
 
     def _after(self, response: Response) -> Response:
-        """Audit every change."""
+        """Audit every change; forbid framing (clickjacking); HSTS under TLS."""
+        # No page of the node may be framed by another site's page ("Execute", "Log out").
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        if current_app.config.get("SESSION_COOKIE_SECURE"):
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if request.method not in READ_METHODS and request.endpoint is not None:
             role = view_role(current_app.view_functions[request.endpoint], request.method)
             # A POST that only reads (an operation's wait) changes nothing.

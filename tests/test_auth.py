@@ -150,6 +150,14 @@ def test_no_route_is_missing_from_the_matrix(full_app: Flask) -> None:
             assert status == UNDOCUMENTED[rule.rule], f"{verb} {rule.rule} as a stranger: {status}"
 
 
+def test_no_page_may_be_framed(app: Flask) -> None:
+    for path in ("/login", "/api/health"):
+        response = app.test_client().get(path)
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert "Strict-Transport-Security" not in response.headers  # no TLS here
+
+
 def test_pages_send_strangers_to_the_login_page(full_app: Flask) -> None:
     client = full_app.test_client()
     for path in ("/", "/api/docs"):

@@ -26,6 +26,7 @@ from edge_server import cli, create_app
 from edge_server.config import load_settings
 from edge_server.tls import CertificateError, TlsFiles, ensure_certificate, server_tls
 from pyedge import ConfigError
+from pyedge.security import Role
 from tests.conftest import free_port
 from tests.test_run import Node, request, start_node, stop_node, wait_ready
 
@@ -208,7 +209,17 @@ def test_run_refuses_a_certificate_without_its_key(
 def test_the_session_cookie_is_secure_under_tls(app_config: dict[str, Any]) -> None:
     app = create_app({**app_config, "EDGE_TLS": True})
     try:
-        assert app.config["SESSION_COOKIE_SECURE"] is True
+        app.extensions["pyedge.auth"].accounts.add_user("ada", "a-long-password", Role.ADMIN)
+        response = app.test_client().post(
+            "/api/auth/login",
+            json={"name": "ada", "password": "a-long-password"},
+            base_url="https://localhost",
+        )
+        assert response.status_code == 200
+        cookie = next(c for c in response.headers.getlist("Set-Cookie") if c.startswith("session="))
+        assert "Secure" in cookie
+        assert "HttpOnly" in cookie
+        assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
     finally:
         app.extensions["pyedge"].close()
 
