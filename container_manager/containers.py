@@ -24,6 +24,15 @@ def is_true(labels: dict[str, str] | None, key: str) -> bool:
     return str((labels or {}).get(key, "")).lower() == "true"
 
 
+def ownership(labels: dict[str, str]) -> dict[str, Any]:
+    """Who a container belongs to, from its labels: PyEdge, PyEdge itself, an app."""
+    return {
+        "managed": is_true(labels, MANAGED_LABEL),
+        "system": is_true(labels, SYSTEM_LABEL),
+        "app": labels.get(APP_LABEL),
+    }
+
+
 def summary(raw: dict[str, Any]) -> dict[str, Any]:
     """A container of the engine's sparse listing (GET /containers/json), as we list it."""
     labels = raw.get("Labels") or {}
@@ -39,9 +48,7 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         "ports": [
             {key.lower(): value for key, value in port.items()} for port in raw.get("Ports") or []
         ],
-        "managed": is_true(labels, MANAGED_LABEL),
-        "system": is_true(labels, SYSTEM_LABEL),
-        "app": labels.get(APP_LABEL),
+        **ownership(labels),
     }
 
 
@@ -91,9 +98,7 @@ def describe(attrs: dict[str, Any]) -> dict[str, Any]:
         "started_at": state.get("StartedAt"),
         "finished_at": state.get("FinishedAt"),
         "labels": labels,
-        "managed": is_true(labels, MANAGED_LABEL),
-        "system": is_true(labels, SYSTEM_LABEL),
-        "app": labels.get(APP_LABEL),
+        **ownership(labels),
         "attrs": attrs,
     }
 

@@ -100,16 +100,10 @@ class Engine:
         except EngineTimeout:
             raise  # the engine is there, only slow: its connections stay good
         except EngineUnavailable:
-            self.reset()
+            # The pooled connections lead to the old engine process: closing them keeps no
+            # dead sockets, and the next call negotiates afresh with whatever engine answers.
+            self.close()
             raise
-
-    def reset(self) -> None:
-        """Drop the clients after the engine went away.
-
-        Their pooled connections lead to the old engine process: closing them now keeps
-        no dead sockets, and the next call negotiates afresh with whatever engine answers.
-        """
-        self.close()
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers within PING_TIMEOUT_S."""

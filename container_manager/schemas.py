@@ -91,38 +91,35 @@ class PortSchema(ma.Schema):
     type = ma.fields.String()
 
 
-class ContainerSchema(ma.Schema):
-    """A container as the listing shows it."""
+class ContainerBaseSchema(ma.Schema):
+    """What the listing and the inspect both show of a container."""
 
     id = ma.fields.String(required=True)
     name = ma.fields.String(required=True)
     image = ma.fields.String(allow_none=True)
     state = ma.fields.String(allow_none=True)
-    status = ma.fields.String(allow_none=True)
-    created = ma.fields.String()
     labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
-    ports = ma.fields.List(ma.fields.Nested(PortSchema))
     managed = ma.fields.Boolean(metadata={"description": "created by PyEdge"})
     system = ma.fields.Boolean(metadata={"description": "PyEdge's own: cannot be changed"})
     app = ma.fields.String(allow_none=True)
 
 
-class ContainerDetailSchema(ma.Schema):
+class ContainerSchema(ContainerBaseSchema):
+    """A container as the listing shows it."""
+
+    status = ma.fields.String(allow_none=True)
+    created = ma.fields.String()
+    ports = ma.fields.List(ma.fields.Nested(PortSchema))
+
+
+class ContainerDetailSchema(ContainerBaseSchema):
     """A container inspected; environment values are redacted."""
 
-    id = ma.fields.String(required=True)
-    name = ma.fields.String(required=True)
-    image = ma.fields.String(allow_none=True)
-    state = ma.fields.String(allow_none=True)
     exit_code = ma.fields.Integer(allow_none=True)
     health = ma.fields.String(allow_none=True)
     restart_count = ma.fields.Integer()
     started_at = ma.fields.String(allow_none=True)
     finished_at = ma.fields.String(allow_none=True)
-    labels = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String())
-    managed = ma.fields.Boolean()
-    system = ma.fields.Boolean()
-    app = ma.fields.String(allow_none=True)
     attrs = ma.fields.Dict(metadata={"description": "the engine's inspect, Env values redacted"})
 
 
@@ -211,6 +208,16 @@ def no_reserved_labels(labels: dict[str, str]) -> None:
         raise ma.ValidationError(f"reserved for PyEdge: {', '.join(reserved)}")
 
 
+def user_labels() -> ma.fields.Dict:
+    """Labels a user may set on what PyEdge creates (none starting with pyedge.)."""
+    return ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        load_default=dict,
+        validate=no_reserved_labels,
+    )
+
+
 class VolumeCreateSchema(ma.Schema):
     """POST /volumes."""
 
@@ -218,12 +225,7 @@ class VolumeCreateSchema(ma.Schema):
         required=True, validate=ma.validate.Regexp(NAME_RE, error="not a volume name")
     )
     driver = ma.fields.String(load_default="local")
-    labels = ma.fields.Dict(
-        keys=ma.fields.String(),
-        values=ma.fields.String(),
-        load_default=dict,
-        validate=no_reserved_labels,
-    )
+    labels = user_labels()
 
 
 class NetworkSchema(ma.Schema):
@@ -246,12 +248,7 @@ class NetworkCreateSchema(ma.Schema):
     )
     driver = ma.fields.String(load_default="bridge")
     internal = ma.fields.Boolean(load_default=False)
-    labels = ma.fields.Dict(
-        keys=ma.fields.String(),
-        values=ma.fields.String(),
-        load_default=dict,
-        validate=no_reserved_labels,
-    )
+    labels = user_labels()
 
 
 class SystemSchema(ma.Schema):

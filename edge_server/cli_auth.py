@@ -21,7 +21,8 @@ from pyedge.accounts import AccountStore
 from pyedge.security import USER_ROLES, Role
 
 ROLE_CHOICE = click.Choice([role.label for role in USER_ROLES])
-DATA_DIR_HELP = "data directory (EDGE_DATA_DIR, default ./data)"
+# Every command here works on one data dir: the node's, or the one named.
+data_dir_option = click.option("--data-dir", help="data directory (EDGE_DATA_DIR, default ./data)")
 
 
 @contextmanager
@@ -58,7 +59,7 @@ def user() -> None:
 @click.argument("name")
 @click.option("--role", type=ROLE_CHOICE, required=True, help="viewer, operator or admin")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin (scripts)")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def user_add(
     ctx: click.Context, name: str, role: str, password_stdin: bool, data_dir: str | None
@@ -75,7 +76,7 @@ def user_add(
 
 
 @user.command("ls")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def user_ls(ctx: click.Context, data_dir: str | None) -> None:
     """List the users."""
@@ -86,7 +87,7 @@ def user_ls(ctx: click.Context, data_dir: str | None) -> None:
 
 @user.command("rm")
 @click.argument("name")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def user_rm(ctx: click.Context, name: str, data_dir: str | None) -> None:
     """Delete a user."""
@@ -105,7 +106,7 @@ def token() -> None:
 @click.argument("name")
 @click.option("--role", type=ROLE_CHOICE, required=True, help="viewer, operator or admin")
 @click.option("--expires-days", type=click.FloatRange(min=0.001), help="it stops working then")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def token_create(
     ctx: click.Context, name: str, role: str, expires_days: float | None, data_dir: str | None
@@ -119,7 +120,7 @@ def token_create(
 
 
 @token.command("ls")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def token_ls(ctx: click.Context, data_dir: str | None) -> None:
     """List the tokens (never the tokens themselves)."""
@@ -134,7 +135,7 @@ def token_ls(ctx: click.Context, data_dir: str | None) -> None:
 
 @token.command("revoke")
 @click.argument("name")
-@click.option("--data-dir", help=DATA_DIR_HELP)
+@data_dir_option
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str, data_dir: str | None) -> None:
     """Revoke a token: it stops working at once."""
