@@ -64,6 +64,37 @@ SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
     cfg.Setting(
         "log_level", cfg.choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "logging level"
     ),
+    cfg.Setting(
+        "role",
+        cfg.choice("solo", "node", "hub"),
+        "solo",
+        "solo: only the services in this process; node: also those serving on their own on "
+        "this node; hub: those of every node on the broker",
+    ),
+    cfg.Setting(
+        "remote_grace",
+        cfg.number(0),
+        300.0,
+        "seconds an offline remote service stays listed before it is forgotten",
+    ),
+    cfg.Setting(
+        "remote_health_interval",
+        cfg.number(1),
+        10.0,
+        "seconds between health checks of each remote service",
+    ),
+    cfg.Setting(
+        "proxy_timeout",
+        cfg.number(1),
+        75.0,
+        "seconds a proxied request may wait for the remote service's next bytes",
+    ),
+    cfg.Setting(
+        "proxy_max_body",
+        cfg.integer(0),
+        16 * 1024 * 1024,
+        "largest request body (bytes) the proxy forwards to a remote service",
+    ),
 )
 
 EDGE_SECTION = cfg.Section("edge", CORE_SETTINGS + SERVER_SETTINGS)

@@ -2,8 +2,10 @@
 
 Each account may write only its own subtree: `edge-server` (solo mode's one process,
 which hosts every service) the node's, each service `<root>/<node>/<slug>/#`, the
-device-service also its Home Assistant discovery topics; `subscriber` only reads, and
-`homeassistant` reads and may switch actuators. Every account reads `<root>/#`.
+device-service also its Home Assistant discovery topics; `controller` (and the
+edge-server) may call any service's operations (`<root>/+/+/ops/+/call`); `subscriber`
+only reads, and `homeassistant` reads and may switch actuators. Every account reads
+`<root>/#`.
 
 In `<data_dir>/mosquitto/`: `accounts.json` (0600, the passwords and what each account
 may do), and from it Mosquitto's `passwd` (mosquitto_passwd's `$7$` format) and `acl`.
@@ -36,6 +38,7 @@ ACL_FILE = "acl"
 EDGE_SERVER = "edge-server"
 SUBSCRIBER = "subscriber"
 HOME_ASSISTANT = "homeassistant"
+CONTROLLER = "controller"
 DEVICE_SERVICE = "device-service"
 # The device-service's setting (device_service/config.py: discovery_prefix), read by key
 # so that the edge-server imports nothing of the service.
@@ -122,6 +125,8 @@ def plan_accounts(
     slugs = sorted(set(services))
     everything = f"{root}/#"
     mine = f"{root}/{node}"
+    # Operation calls over MQTT (pyedge.rpc): a service answers on its own subtree.
+    calls = f"{root}/+/+/ops/+/call"
     has_device = DEVICE_SERVICE in slugs
     # Discovery topics are <prefix>/<component>/<node>/<object>/config: the node's own only.
     announce = (f"{discovery_prefix}/+/{node}/#",) if has_device else ()
@@ -132,7 +137,7 @@ def plan_accounts(
             EDGE_SERVER,
             "solo mode's process: it hosts every service, so it writes for all of them",
             read=(everything, *birth),
-            write=(f"{mine}/#", *announce),
+            write=(f"{mine}/#", calls, *announce),
         )
     ]
     for slug in slugs:
@@ -145,6 +150,14 @@ def plan_accounts(
                 write=(f"{mine}/{slug}/#", *(announce if device else ())),
             )
         )
+    specs.append(
+        AccountSpec(
+            CONTROLLER,
+            "scripts and hubs driving operations over MQTT (pyedge.client.MqttClient)",
+            read=(everything,),
+            write=(calls,),
+        )
+    )
     specs.append(
         AccountSpec(
             SUBSCRIBER,

@@ -58,6 +58,13 @@ CORE_SETTINGS: tuple[cfg.Setting, ...] = (
     ),
     cfg.Setting("mqtt_tls", cfg.boolean, False, "connect to the broker over TLS, verified"),
     cfg.Setting(
+        "advertise_url",
+        cfg.text,
+        None,
+        "base URL other nodes reach this process at, announced by `pyedge serve` "
+        "(default: http://<hostname>:<http port>)",
+    ),
+    cfg.Setting(
         "mqtt_ca",
         cfg.path,
         None,

@@ -248,7 +248,7 @@ def test_passwords_are_made_once_and_missing_accounts_added(tmp_path: Path) -> N
     first = ensure_accounts(
         tmp_path, plan_accounts(root="pyedge", node="n1", services=["custom-service"]), "pyedge"
     )
-    assert set(first.accounts) == {"edge-server", "custom-service", "subscriber"}
+    assert set(first.accounts) == {"edge-server", "custom-service", "controller", "subscriber"}
     both = ["custom-service", "device-service"]
     again = ensure_accounts(
         tmp_path, plan_accounts(root="pyedge", node="n1", services=both), "pyedge"
