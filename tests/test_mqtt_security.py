@@ -280,6 +280,7 @@ def test_the_acl_confines_each_account_to_its_node_and_subtree(tmp_path: Path) -
             "topic read pyedge/#",
             "topic read ha/status",
             "topic write pyedge/n1/#",
+            "topic write pyedge/+/+/ops/+/call",
             "topic write ha/+/n1/#",
         ],
         "device-service": [
@@ -288,6 +289,7 @@ def test_the_acl_confines_each_account_to_its_node_and_subtree(tmp_path: Path) -
             "topic write pyedge/n1/device-service/#",
             "topic write ha/+/n1/#",
         ],
+        "controller": ["topic read pyedge/#", "topic write pyedge/+/+/ops/+/call"],
         "subscriber": ["topic read pyedge/#", "topic read ha/#"],
         "homeassistant": [
             "topic read pyedge/#",
