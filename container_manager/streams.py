@@ -7,7 +7,6 @@ went away is noticed (its write fails): the Docker streams are then closed at on
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -21,6 +20,7 @@ from container_manager.containers import STAMP_RE, order_key, split_timestamp, t
 from container_manager.engine import Engine
 from container_manager.errors import ContainerManagerError, translated
 from container_manager.specs import MANAGED_LABEL
+from pyedge.sse import format_event
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +41,6 @@ class Source:
 
     stream: Closable
     parse: Callable[[Any], Iterable[tuple[str, dict[str, Any]]]]
-
-
-def format_event(
-    data: dict[str, Any], event_id: str | None = None, event: str | None = None
-) -> str:
-    """One SSE event: optional id and event name, JSON data, blank line."""
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    lines.append(f"data: {json.dumps(data, separators=(',', ':'))}")
-    return "\n".join(lines) + "\n\n"
 
 
 def _read(index: int, source: Source, out: queue.Queue[Any]) -> None:

@@ -41,6 +41,7 @@ from container_manager.schemas import (
 )
 from container_manager.service import STREAMS, policy_of, service
 from container_manager.specs import MANAGED_LABEL, ContainerCreateSchema, create_kwargs
+from pyedge import sse
 from pyedge.security import Role, requires
 
 blp = service.blueprint
@@ -225,26 +226,16 @@ def event_stream(
         slots.release()
         raise
     heartbeat = runtime.settings["stream_heartbeat"]
-    response = Response(
-        streams.serve(stream, heartbeat, floors, opened_at),
-        mimetype="text/event-stream",
-        # No caching, and no buffering by a reverse proxy: events must arrive as they happen.
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    response = sse.event_response(streams.serve(stream, heartbeat, floors, opened_at))
     # The server closes every response; a body that never ran (HEAD) cleans up here.
     response.call_on_close(stream.close)
     return response
 
 
-SSE_DOC = {
-    "responses": {
-        "200": {
-            "description": "Server-Sent Events; `id` is the event's time (resume with "
-            "Last-Event-ID), comments are heartbeats, `event: end` closes it",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        }
-    }
-}
+SSE_DOC = sse.doc(
+    "Server-Sent Events; `id` is the event's time (resume with Last-Event-ID), comments "
+    "are heartbeats, `event: end` closes it"
+)
 
 
 @blp.route("/containers/<ident>/logs/stream")

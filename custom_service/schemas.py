@@ -34,3 +34,18 @@ class HelloSchema(ma.Schema):
 
     message = ma.fields.String(required=True)
     node = ma.fields.String(required=True)
+
+
+class TicksArgs(ma.Schema):
+    """Query of GET /ticks."""
+
+    count = ma.fields.Integer(
+        load_default=10,
+        validate=ma.validate.Range(min=1, max=10000),
+        metadata={"description": "how many events, 1 to 10000"},
+    )
+    interval = ma.fields.Float(
+        load_default=1.0,
+        validate=ma.validate.Range(min=0, max=60),
+        metadata={"description": "seconds between events, 0 to 60"},
+    )

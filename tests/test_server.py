@@ -64,6 +64,18 @@ def test_hello_defaults_and_validates_its_query(client: FlaskClient) -> None:
     assert "name" in response.json["errors"]["query"]
 
 
+def test_ticks_stream_as_server_sent_events(client: FlaskClient, node_id: str) -> None:
+    response = client.get("/api/custom-service/ticks?count=3&interval=0")
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    events = response.get_data(as_text=True).split("\n\n")
+    assert events[0] == f'id: 1\ndata: {{"seq":1,"node":"{node_id}"}}'
+    assert events[2].startswith("id: 3\n")
+    assert events[3] == "event: end\ndata: {}"
+    assert client.get("/api/custom-service/ticks?count=0").status_code == 422
+
+
 def test_autostart_process_runs_once_when_enabled(app_config: dict[str, Any]) -> None:
     app = create_app(
         {
