@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class Bus:
         return self._connected.is_set()
 
     @property
+    def protocol(self) -> MQTTProtocolVersion:
+        """The MQTT version of the current client (3.1.1 after a fallback)."""
+        protocol: MQTTProtocolVersion = self._client.protocol
+        return protocol
+
+    @property
     def broker(self) -> str:
         """host:port of the broker, for health reports."""
         return f"{self.settings.host}:{self.settings.port}"
@@ -109,21 +116,46 @@ class Bus:
             if self.connected:
                 self._client.subscribe(topic, qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop delivering `topic` (subscribed with `subscribe`), now and after reconnects."""
+        with self._lock:
+            if self._subscriptions.pop(topic, None) is None:
+                return
+            self._client.message_callback_remove(topic)
+            if self.connected:
+                self._client.unsubscribe(topic)
+
     def publish(
-        self, topic: str, payload: str | bytes, qos: int = STATE_QOS, retain: bool = False
+        self,
+        topic: str,
+        payload: str | bytes,
+        qos: int = STATE_QOS,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """Publish; QoS 1 messages given while disconnected are sent after reconnect."""
+        """Publish; QoS 1 messages given while disconnected are sent after reconnect.
+
+        `properties` (MQTT 5 only, e.g. CorrelationData) are dropped under MQTT 3.1.1.
+        """
         # paho keeps QoS > 0 messages until acknowledged, with no cap: its cap
         # (max_queued_messages) counts in-flight messages too and would drop a burst even
         # while connected. Volume data needs its own flow control (an outbox); telemetry
         # that is stale after an outage should be published at QoS 0.
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
+        if self._client.protocol is not MQTTProtocolVersion.MQTTv5:
+            properties = None  # paho refuses properties on an MQTT 3.1.1 connection
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
 
     def publish_json(
-        self, topic: str, value: Any, qos: int = STATE_QOS, retain: bool = False
+        self,
+        topic: str,
+        value: Any,
+        qos: int = STATE_QOS,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> mqtt.MQTTMessageInfo:
         """Publish `value` as compact JSON."""
-        return self.publish(topic, json.dumps(value, separators=(",", ":")), qos, retain)
+        payload = json.dumps(value, separators=(",", ":"))
+        return self.publish(topic, payload, qos, retain, properties=properties)
 
     def start(self) -> None:
         """Connect in the background; paho retries with backoff until the broker answers."""

@@ -1,36 +1,133 @@
-"""The operation endpoints generated on every service's blueprint."""
+"""The operation endpoints generated on every service's blueprint, and `perform`: the one
+place an operation call (start, status, wait, abort, stop) runs, over HTTP or MQTT."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import marshmallow as ma
 from flask import request
 from flask.views import MethodView
 from flask_smorest import abort
+from werkzeug.http import HTTP_STATUS_CODES
 
-from pyedge.errors import OperationConflict, ShuttingDown, UnknownOperation
-from pyedge.operations import Operation, Session
-from pyedge.schemas import OperationSchema, SessionSchema, WaitArgsSchema, json_schema
+from pyedge.errors import OperationConflict, PyEdgeError, ShuttingDown, UnknownOperation
+from pyedge.operations import Operation, OperationRunner, Session
+from pyedge.schemas import (
+    MAX_WAIT_S,
+    OperationSchema,
+    SessionSchema,
+    WaitArgsSchema,
+    json_schema,
+)
 from pyedge.security import Role, requires
 
 if TYPE_CHECKING:
     from pyedge.service import EdgeService
 
+ACTIONS = ("start", "status", "wait", "abort", "stop")
 
-@contextmanager
-def api_errors(slug: str) -> Iterator[None]:
-    """Translate the runner's errors into the API's error envelope, in one place."""
+
+class OpCallError(PyEdgeError):
+    """An operation call refused, as the API answers it: status code, message, errors."""
+
+    def __init__(self, code: int, message: str, errors: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.errors = dict(errors) if errors is not None else None
+
+    def envelope(self) -> dict[str, Any]:
+        """flask-smorest's error envelope: {code, status, message, errors?}."""
+        body: dict[str, Any] = {
+            "code": self.code,
+            # werkzeug's names, which Flask's HTTP errors (and so smorest's envelope) carry.
+            "status": HTTP_STATUS_CODES.get(self.code, "Unknown Error"),
+            "message": self.message,
+        }
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+
+def action_role(op: Operation, action: str) -> Role:
+    """The role an action on `op` needs, as the HTTP routes declare it."""
+    if action == "start":
+        return op.role
+    if action in ("status", "wait"):
+        return Role.VIEWER
+    return Role.OPERATOR  # abort, stop: the generic routes' @requires
+
+
+def perform(
+    runner: OperationRunner,
+    slug: str,
+    name: str,
+    action: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    timeout: float = MAX_WAIT_S,
+    caller: Role | None = None,
+) -> dict[str, Any]:
+    """Do `action` on operation `name` and return its session; raises OpCallError.
+
+    `caller` is the caller's role when nothing before has checked the call (MQTT): then
+    the role is checked here and `params` are raw, validated by the operation's schema.
+    With None (HTTP), Auth has checked the role and webargs has loaded the params with
+    that same schema. `timeout` (wait) is in seconds, at most MAX_WAIT_S.
+    """
     try:
-        yield
+        op = runner.operation(name)
+        if action not in ACTIONS:
+            raise OpCallError(HTTPStatus.BAD_REQUEST, f"unknown action {action!r}")
+        if caller is not None:
+            needed = action_role(op, action)
+            if caller < needed:
+                # Only MQTT calls come here; HTTP has every role, through tokens.
+                raise OpCallError(
+                    HTTPStatus.FORBIDDEN,
+                    f"needs {needed.label}; call it over HTTP (this call is {caller.label})",
+                )
+            if action == "start":
+                params = load_params(op, params or {})
+        session: Session
+        if action == "start":
+            session = runner.start(name, params or {})
+        elif action == "abort":
+            session = runner.abort(name)
+        elif action == "stop":
+            session = runner.stop(name)
+        else:
+            session = runner.session(name)
+            if action == "wait":
+                session.wait(min(max(timeout, 0.0), MAX_WAIT_S))
+        return session.to_dict()
     except UnknownOperation as exc:
-        abort(HTTPStatus.NOT_FOUND, message=f"{slug}: {exc}")
+        raise OpCallError(HTTPStatus.NOT_FOUND, f"{slug}: {exc}") from exc
     except OperationConflict as exc:
-        abort(HTTPStatus.CONFLICT, message=str(exc))
+        raise OpCallError(HTTPStatus.CONFLICT, str(exc)) from exc
     except ShuttingDown as exc:
-        abort(HTTPStatus.SERVICE_UNAVAILABLE, message=str(exc))
+        raise OpCallError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from exc
+
+
+def load_params(op: Operation, raw: Any) -> dict[str, Any]:
+    """`raw` params validated by the operation's schema, as webargs does for HTTP (422)."""
+    try:
+        return op.load_params(raw)
+    except ma.ValidationError as exc:
+        # webargs keys the errors by location; the params are the JSON body over HTTP.
+        raise OpCallError(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "invalid params", {"json": exc.messages}
+        ) from exc
+
+
+def abort_call(exc: OpCallError) -> NoReturn:
+    """Answer a refused HTTP call with the API's error envelope (abort always raises)."""
+    extra = {"errors": exc.errors} if exc.errors is not None else {}
+    abort(exc.code, message=exc.message, **extra)
+    raise AssertionError("abort returned")
 
 
 def describe(op: Operation, session: Session) -> dict[str, Any]:
@@ -42,6 +139,22 @@ def describe(op: Operation, session: Session) -> dict[str, Any]:
         "params_schema": json_schema(op.params),
         "session": session.to_dict(),
     }
+
+
+def call(
+    service: EdgeService,
+    name: str,
+    action: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    timeout: float = MAX_WAIT_S,
+) -> dict[str, Any]:
+    """`perform` for an HTTP request, whose role Auth checked and params webargs loaded."""
+    runner = service.runtime().runner
+    try:
+        return perform(runner, service.slug, name, action, params=params, timeout=timeout)
+    except OpCallError as exc:
+        abort_call(exc)
 
 
 def add_generic_routes(service: EdgeService) -> None:
@@ -72,8 +185,7 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.response(200, SessionSchema)
         def get(self, op: str) -> dict[str, Any]:
             """Show an operation's session."""
-            with api_errors(service.slug):
-                return service.runtime().runner.session(op).to_dict()
+            return call(service, op, "status")
 
     @blp.route("/ops/<op>/wait")
     class OperationWait(MethodView):
@@ -82,10 +194,7 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.response(200, SessionSchema)
         def post(self, args: dict[str, float], op: str) -> dict[str, Any]:
             """Wait until the session ends or the timeout passes; returns the session."""
-            with api_errors(service.slug):
-                session = service.runtime().runner.session(op)
-            session.wait(args["timeout"])
-            return session.to_dict()
+            return call(service, op, "wait", timeout=args["timeout"])
 
     @blp.route("/ops/<op>/abort")
     class OperationAbort(MethodView):
@@ -94,8 +203,7 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.alt_response(409, description="Not a Task, or not running")
         def post(self, op: str) -> dict[str, Any]:
             """Abort a running Task (a Process is stopped, not aborted)."""
-            with api_errors(service.slug):
-                return service.runtime().runner.abort(op).to_dict()
+            return call(service, op, "abort")
 
     @blp.route("/ops/<op>/stop")
     class OperationStop(MethodView):
@@ -104,8 +212,7 @@ def add_generic_routes(service: EdgeService) -> None:
         @blp.alt_response(409, description="Not a Process, or not running")
         def post(self, op: str) -> dict[str, Any]:
             """Stop a running Process (a Task is aborted, not stopped)."""
-            with api_errors(service.slug):
-                return service.runtime().runner.stop(op).to_dict()
+            return call(service, op, "stop")
 
 
 def add_start_route(service: EdgeService, op: Operation) -> None:
@@ -119,8 +226,7 @@ def add_start_route(service: EdgeService, op: Operation) -> None:
         @blp.alt_response(409, description="Already running")
         @blp.alt_response(503, description="The service is shutting down")
         def post(self, params: dict[str, Any]) -> dict[str, Any]:
-            with api_errors(service.slug):
-                return service.runtime().runner.start(op.name, params).to_dict()
+            return call(service, op.name, "start", params=params)
 
     # The OpenAPI summary is the docstring's first line: name the operation in it.
     StartOperation.post.__doc__ = f"Start the {op.kind.value} {op.name}.\n\n{op.description}"

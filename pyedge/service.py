@@ -24,6 +24,7 @@ from pyedge.operations import (
     OpKind,
     StopFunction,
 )
+from pyedge.rpc import OpResponder
 from pyedge.security import Blueprint, Role
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ class ServiceRuntime:
             context=self,
         )
         self.autostart = self._autostart_params()
+        self.responder = OpResponder(self)
         # What the service's start hooks set up for this runtime (an outbox, a thread).
         self.extras: dict[str, Any] = {}
 
@@ -243,6 +245,7 @@ class ServiceRuntime:
     def start(self) -> None:
         """Announce the service on the bus and start its autostart Processes."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.responder.start()  # before `online`: a caller who saw it is heard
         self.bus.add_status_topic(self.topic("status"))
         self.bus.on_connect(self.publish_all_sessions)
         self.publish_all_sessions()
@@ -251,6 +254,8 @@ class ServiceRuntime:
         for name, params in self.autostart.items():
             logger.info("autostarting %s/%s", self.slug, name)
             self.runner.start(name, params)
+        # Last: a call must not reach operations whose start hooks have not run.
+        self.responder.open()
 
     def _autostart_params(self) -> dict[str, dict[str, Any]]:
         # Resolved and validated before anything starts, so that settings which make
@@ -273,6 +278,7 @@ class ServiceRuntime:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every running operation, then run the stop hooks (last started, first)."""
         self.runner.shutdown(timeout)
+        self.responder.stop(timeout)
         for hook in reversed(self.service.stop_hooks):
             try:
                 hook(self)
