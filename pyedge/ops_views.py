@@ -8,7 +8,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import marshmallow as ma
-from flask import request
+from flask import g, request
 from flask.views import MethodView
 from flask_smorest import abort
 from werkzeug.http import HTTP_STATUS_CODES
@@ -53,12 +53,12 @@ class OpCallError(PyEdgeError):
 
 
 def action_role(op: Operation, action: str) -> Role:
-    """The role an action on `op` needs, as the HTTP routes declare it."""
-    if action == "start":
-        return op.role
+    """The role an action on `op` needs: viewer reads; its own role starts and ends it."""
     if action in ("status", "wait"):
         return Role.VIEWER
-    return Role.OPERATOR  # abort, stop: the generic routes' @requires
+    # abort and stop: the generic routes let operators in; an admin-only operation (an
+    # image pull) may be ended only by an admin, as it may be started only by one.
+    return op.role
 
 
 def perform(
@@ -70,28 +70,28 @@ def perform(
     params: Mapping[str, Any] | None = None,
     timeout: float = MAX_WAIT_S,
     caller: Role | None = None,
+    raw_params: bool = False,
 ) -> dict[str, Any]:
     """Do `action` on operation `name` and return its session; raises OpCallError.
 
-    `caller` is the caller's role when nothing before has checked the call (MQTT): then
-    the role is checked here and `params` are raw, validated by the operation's schema.
-    With None (HTTP), Auth has checked the role and webargs has loaded the params with
-    that same schema. `timeout` (wait) is in seconds, at most MAX_WAIT_S.
+    `caller` is the caller's role, checked against `action_role` (None: an app without
+    Auth). `raw_params` (MQTT) are validated here by the operation's schema; over HTTP
+    webargs has loaded them with that same schema. `timeout` (wait) is in seconds, at
+    most MAX_WAIT_S.
     """
     try:
         op = runner.operation(name)
         if action not in ACTIONS:
             raise OpCallError(HTTPStatus.BAD_REQUEST, f"unknown action {action!r}")
-        if caller is not None:
-            needed = action_role(op, action)
-            if caller < needed:
-                # Only MQTT calls come here; HTTP has every role, through tokens.
-                raise OpCallError(
-                    HTTPStatus.FORBIDDEN,
-                    f"needs {needed.label}; call it over HTTP (this call is {caller.label})",
-                )
-            if action == "start":
-                params = load_params(op, params or {})
+        needed = action_role(op, action)
+        if caller is not None and caller < needed:
+            raise OpCallError(
+                HTTPStatus.FORBIDDEN,
+                f"{action} of {name} needs the {needed.label} role; the caller is "
+                f"{caller.label}",
+            )
+        if raw_params and action == "start":
+            params = load_params(op, params or {})
         session: Session
         if action == "start":
             session = runner.start(name, params or {})
@@ -149,10 +149,15 @@ def call(
     params: Mapping[str, Any] | None = None,
     timeout: float = MAX_WAIT_S,
 ) -> dict[str, Any]:
-    """`perform` for an HTTP request, whose role Auth checked and params webargs loaded."""
+    """`perform` for an HTTP request, whose params webargs loaded."""
     runner = service.runtime().runner
+    # Auth checked the route's role; abort and stop also need the operation's own.
+    identity = g.get("identity")
+    caller = identity.role if identity is not None else None
     try:
-        return perform(runner, service.slug, name, action, params=params, timeout=timeout)
+        return perform(
+            runner, service.slug, name, action, params=params, timeout=timeout, caller=caller
+        )
     except OpCallError as exc:
         abort_call(exc)
 

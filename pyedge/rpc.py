@@ -135,6 +135,7 @@ class OpResponder:
             params=request["params"],
             timeout=request["timeout"],
             caller=MQTT_ROLE,
+            raw_params=True,
         )
 
     def _receive(self, message: mqtt.MQTTMessage) -> None:

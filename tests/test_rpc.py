@@ -23,7 +23,7 @@ from edge_server import create_app
 from edge_server.mqtt_accounts import CONTROLLER, SUBSCRIBER
 from pyedge import EdgeService, Session
 from pyedge.security import Role
-from tests.conftest import OBSERVER, Broker
+from tests.conftest import OBSERVER, Broker, authorized_client
 from tests.mqtt_recorder import MqttRecorder
 
 OPS = "/api/custom-service/ops"
@@ -368,10 +368,21 @@ def test_an_operation_needing_admin_is_403_over_mqtt(
     answer = rpc("wipe", {"action": "start"}, slug="rpc-guarded")
     assert answer["code"] == 403
     assert answer["status"] == "Forbidden"
-    assert "needs admin; call it over HTTP" in answer["message"]
+    assert "needs the admin role; the caller is operator" in answer["message"]
     # Reading it needs only viewer.
     status = rpc("wipe", {"action": "status"}, slug="rpc-guarded")
     assert status["session"]["state"] == "idle"
+    # Ending it needs its own role too, over MQTT as over HTTP.
+    assert rpc("wipe", {"action": "abort"}, slug="rpc-guarded")["code"] == 403
+
+
+def test_only_the_operations_own_role_may_end_it_over_http(guarded_app: Flask) -> None:
+    abort = "/api/rpc-guarded/ops/wipe/abort"
+    refused = authorized_client(guarded_app, Role.OPERATOR).post(abort)
+    assert refused.status_code == 403
+    assert "abort of wipe needs the admin role" in refused.json["message"]
+    # An admin passes the role check: the Task is simply not running.
+    assert authorized_client(guarded_app, Role.ADMIN).post(abort).status_code == 409
 
 
 def test_a_stopped_service_answers_no_more_calls(app: Flask, rpc: Rpc, caller: Caller) -> None:
