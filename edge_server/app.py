@@ -7,11 +7,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import Flask
-from flask_smorest import Api
 
-from edge_server import auth_views, pages, views
+from edge_server import auth_views, pages, remote_listener, views
+from edge_server.openapi_merge import MergedApi
+from edge_server.proxy import Proxy
 from edge_server.registry import configure
 from pyedge import EdgeService, ServiceHost, __version__
+from pyedge.announce import default_advertise_url
 from pyedge.auth import Auth
 from pyedge.bus_config import mqtt_login
 from pyedge.security import SECURITY_SCHEMES
@@ -36,10 +38,17 @@ def process_slug(settings: Mapping[str, Any], services: Sequence[EdgeService]) -
     # A service started on its own logs in with its own account, which may write only its
     # subtree: the will must be its status topic, or the broker drops it and a crash goes
     # unseen. Solo mode (and any other mix) is the edge-server, whose account writes all.
+    # A hub names a joined node's accounts `<slug>@<node>` (edge_server.join).
     username, _password = mqtt_login(settings)
-    if len(services) == 1 and username == services[0].slug:
+    if len(services) == 1 and (username or "").split("@", 1)[0] == services[0].slug:
         return services[0].slug
     return PROCESS_SLUG
+
+
+def advertise_url(settings: Mapping[str, Any]) -> str:
+    """The base URL a process serving its services on its own announces them at."""
+    url: str | None = settings.get("EDGE_ADVERTISE_URL")
+    return url or default_advertise_url(settings["EDGE_HTTP_PORT"], bool(settings["EDGE_TLS"]))
 
 
 def create_app(
@@ -61,16 +70,32 @@ def create_app(
     app.config["SESSION_COOKIE_SECURE"] = settings["EDGE_TLS"]
     auth = Auth()
     auth.init_app(app)
-    api = Api(app)
+    # Its /api/openapi.json (and Swagger UI) also documents the remote services.
+    api = MergedApi(app)
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     api.register_blueprint(views.blp)
     api.register_blueprint(auth_views.blp)
+    if settings["EDGE_ROLE"] == "hub":  # nodes join this hub (pyedge join)
+        from edge_server import join
+
+        api.register_blueprint(join.blp)
     app.register_blueprint(pages.bp)
 
-    host = ServiceHost(services, process_slug=process_slug(settings, services))
+    slug = process_slug(settings, services)
+    # Serving on its own (`pyedge serve`): its services are announced for the hubs.
+    own = slug != PROCESS_SLUG
+    host = ServiceHost(
+        services, process_slug=slug, advertise_url=advertise_url(settings) if own else None
+    )
     host.close_hooks.append(auth.close)
     host.init_app(app, api)
+    remote_listener.init_app(app, host)
+    host.close_hooks.append(api.close)
+    if settings["EDGE_ROLE"] != "solo":  # the remote services are reached through it
+        proxy = Proxy()
+        proxy.init_app(app)
+        host.close_hooks.append(proxy.close)
     try:
         host.start()
     except BaseException:

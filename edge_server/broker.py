@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import pwd
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_server.mqtt_accounts import EDGE_SERVER, BrokerAccounts, ensure_accounts, node_accounts
+from edge_server.mqtt_accounts import (
+    EDGE_SERVER,
+    AccountSpec,
+    BrokerAccounts,
+    ensure_accounts,
+    hub_accounts,
+    load_nodes,
+    node_accounts,
+)
 from edge_server.tls import server_tls
 from pyedge import PyEdgeError
 from pyedge.config import LoadedConfig
@@ -33,6 +42,14 @@ INSTALL_HINT = (
 )
 PR_SET_PDEATHSIG = 1
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+CONFIG_FILE = "mosquitto.conf"
+# Written by Mosquitto itself (and removed when it exits): how the gunicorn worker, which
+# did not start the broker, finds it to make it reload the accounts (SIGHUP) after a join.
+PID_FILE = "mosquitto.pid"
+# The listeners of the running broker, for the worker: its settings say EDGE_MQTT_TLS off
+# (solo_login keeps the app on the plain listener) whatever the broker opened.
+LISTENERS_FILE = "listeners.json"
+HUB = "hub"
 
 
 class BrokerError(PyEdgeError):
@@ -107,7 +124,7 @@ class Mosquitto:
         except OSError as exc:
             raise BrokerError(f"EDGE_MQTT_CONFIG: cannot read {self.config_file}: {exc}") from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        generated = self.data_dir / "mosquitto.conf"
+        generated = self.data_dir / CONFIG_FILE
         tls = self.tls
         tls_listener = (
             "# TLS (EDGE_MQTT_TLS): the same accounts and ACL as the plain listener.\n"
@@ -128,8 +145,16 @@ class Mosquitto:
             # The accounts and what each may publish and read, from accounts.json.
             f"password_file {self.accounts.passwd.resolve()}\n"
             f"acl_file {self.accounts.acl.resolve()}\n"
+            f"pid_file {self.data_dir.resolve() / PID_FILE}\n"
             "log_dest stderr\n\n" + shipped
         )
+        listeners = {
+            "plain": {"bind": self.bind, "port": self.port},
+            "tls": {"bind": tls.bind, "port": tls.port, "cert": str(tls.cert.resolve())}
+            if tls
+            else None,
+        }
+        (self.data_dir / LISTENERS_FILE).write_text(json.dumps(listeners, indent=2) + "\n")
         return generated
 
     def start(self, timeout: float = 10.0) -> None:
@@ -154,7 +179,8 @@ class Mosquitto:
         # Own session: a Ctrl-C in the terminal must not stop the broker before the
         # services have said goodbye on it; we stop it ourselves afterwards.
         self.process = subprocess.Popen(
-            [binary, "-c", str(conf)],
+            # Absolute: broker_pid() knows the process by this path in its command line.
+            [binary, "-c", str(conf.resolve())],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -185,11 +211,69 @@ class Mosquitto:
             self.process.wait()
 
 
+def broker_dir(settings: Any) -> Path:
+    """Where the embedded broker's accounts, configuration and pid file live."""
+    return Path(settings["EDGE_DATA_DIR"]) / "mosquitto"
+
+
+def broker_plan(settings: Any, services: Iterable[str]) -> list[AccountSpec]:
+    """The embedded broker's accounts: the node's, and on a hub those of the joined nodes."""
+    nodes = load_nodes(broker_dir(settings))
+    if settings["EDGE_ROLE"] == HUB:
+        return hub_accounts(settings, services, nodes)
+    if nodes:
+        logger.warning(
+            "the broker accounts of the joined nodes %s are left out: EDGE_ROLE is %s, not hub",
+            ", ".join(sorted(nodes)),
+            settings["EDGE_ROLE"],
+        )
+    return node_accounts(settings, services)
+
+
+def broker_pid(directory: Path) -> int | None:
+    """The pid of the Mosquitto running with the configuration in `directory`, if any."""
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    proc = Path(f"/proc/{pid}/cmdline")
+    if not Path("/proc/self").exists():  # no /proc: the file is all there is to go by
+        return pid
+    # A broker killed with SIGKILL leaves its pid file, and the pid may be reused since:
+    # only a process started with our configuration is ours to signal.
+    try:
+        arguments = proc.read_bytes().split(b"\0")
+    except OSError:
+        return None
+    conf = str((directory / CONFIG_FILE).resolve()).encode()
+    return pid if conf in arguments else None
+
+
+def broker_listeners(directory: Path) -> dict[str, Any]:
+    """The listeners the broker in `directory` was started with (LISTENERS_FILE)."""
+    try:
+        listeners: dict[str, Any] = json.loads((directory / LISTENERS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"no embedded broker's listeners in {directory}: {exc}") from exc
+    return listeners
+
+
+def reload_broker(directory: Path) -> None:
+    """Make the running embedded Mosquitto reload `passwd` and `acl` (SIGHUP)."""
+    pid = broker_pid(directory)
+    if pid is None:
+        raise BrokerError(f"the embedded Mosquitto is not running (no live {directory / PID_FILE})")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise BrokerError(f"the embedded Mosquitto (pid {pid}) has just exited") from None
+
+
 def embedded_broker(settings: LoadedConfig, services: Iterable[str]) -> Mosquitto:
     """The node's Mosquitto as `pyedge run` starts it: accounts made, TLS with EDGE_MQTT_TLS."""
-    directory: Path = settings["EDGE_DATA_DIR"] / "mosquitto"
+    directory = broker_dir(settings)
     root = topic_root(settings["EDGE_SITE"])
-    accounts = ensure_accounts(directory, node_accounts(settings, services), root)
+    accounts = ensure_accounts(directory, broker_plan(settings, services), root)
     tls = None
     if settings["EDGE_MQTT_TLS"]:
         # The node's one certificate: the one HTTPS serves (given, or made in the data dir).

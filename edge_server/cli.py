@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from edge_server import cli_auth, cli_mqtt, runner
+from edge_server import cli_auth, cli_mqtt, cli_network, runner
+from edge_server import serve as serve_module
 from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
 from pyedge import ConfigError, PyEdgeError, __version__
@@ -156,6 +157,52 @@ def run(
         ctx.exit(1)
 
 
+@root.command(short_help="Network mode: serve one service in a process of its own.")
+@click.argument("slug")
+@click.option("--host", help="HTTP address (EDGE_HTTP_HOST, default 0.0.0.0)")
+@click.option("--port", type=int, help="HTTP port (EDGE_HTTP_PORT, default 8000)")
+@click.option("--data-dir", help="data directory (EDGE_DATA_DIR, default ./data)")
+@click.option(
+    "--advertise-url",
+    help="base URL other nodes reach it at (EDGE_ADVERTISE_URL, default http://<hostname>:<port>)",
+)
+@click.option("--tls", is_flag=True, help="serve HTTPS (EDGE_TLS), as `pyedge run --tls`")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    slug: str,
+    host: str | None,
+    port: int | None,
+    data_dir: str | None,
+    advertise_url: str | None,
+    tls: bool,
+) -> None:
+    """Serve the service SLUG on its own: its API on its own port, announced on the broker.
+
+    It logs in to the broker with EDGE_MQTT_USERNAME/PASSWORD or EDGE_MQTT_CREDENTIALS,
+    else with what `pyedge join` saved, else with the service's account made by
+    `pyedge run` in the same data dir.
+    """
+    overrides = _overrides(
+        ctx.obj[CONFIG_FILE],
+        http_host=host,
+        http_port=port,
+        data_dir=data_dir,
+        advertise_url=advertise_url,
+        tls=True if tls else None,
+        services=slug,
+    )
+    settings = _settings(ctx, overrides)
+    try:
+        serve_module.serve(settings, overrides, slug)
+    except ConfigError as exc:
+        click.echo(f"pyedge: configuration error: {exc}", err=True)
+        ctx.exit(EXIT_CONFIG)
+    except PyEdgeError as exc:
+        click.echo(f"pyedge: {exc}", err=True)
+        ctx.exit(1)
+
+
 @root.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
@@ -215,6 +262,8 @@ def shell(ctx: click.Context) -> None:
 root.add_command(cli_auth.user)
 root.add_command(cli_auth.token)
 root.add_command(cli_mqtt.mqtt)
+root.add_command(cli_network.join)
+root.add_command(cli_network.leave)
 
 
 def invoke(args: list[str] | None, obj: dict[str, Any] | None = None) -> int:

@@ -11,6 +11,11 @@ In `<data_dir>/mosquitto/`: `accounts.json` (0600, the passwords and what each a
 may do), and from it Mosquitto's `passwd` (mosquitto_passwd's `$7$` format) and `acl`.
 Passwords are made once and kept; every start rewrites `passwd` and `acl` from the
 current plan, so a changed node id or site takes effect.
+
+A hub also plans the accounts of the nodes that joined it (`pyedge join`), kept in
+`nodes.json` there: `<slug>@<node>` for each service a node serves, confined to
+`<root>/<node>/<slug>/#` like the hub's own service accounts. `@` is in no slug and no
+node id, so these names can clash with no other account.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from pyedge import PyEdgeError
+from pyedge.config import NODE_ID_RE, SLUG_RE
 from pyedge.service import topic_root
 
 logger = logging.getLogger(__name__)
 
 STORE_FILE = "accounts.json"
+# The nodes that joined this hub: {node: {"services": [...], "machine", "joined_at"}}.
+NODES_FILE = "nodes.json"
 PASSWD_FILE = "passwd"
 ACL_FILE = "acl"
 EDGE_SERVER = "edge-server"
@@ -141,13 +149,9 @@ def plan_accounts(
         )
     ]
     for slug in slugs:
-        device = slug == DEVICE_SERVICE
         specs.append(
-            AccountSpec(
-                slug,
-                f"the {slug} started on its own",
-                read=(everything, *(birth if device else ())),
-                write=(f"{mine}/{slug}/#", *(announce if device else ())),
+            _service_account(
+                slug, f"the {slug} started on its own", root, node, slug, discovery_prefix
             )
         )
     specs.append(
@@ -181,6 +185,95 @@ def plan_accounts(
     return specs
 
 
+def _service_account(
+    name: str, description: str, root: str, node: str, slug: str, discovery_prefix: str
+) -> AccountSpec:
+    """A service's account: it writes its own subtree (device-service: also discovery)."""
+    if slug != DEVICE_SERVICE:
+        return AccountSpec(
+            name, description, read=(f"{root}/#",), write=(f"{root}/{node}/{slug}/#",)
+        )
+    return AccountSpec(
+        name,
+        description,
+        read=(f"{root}/#", f"{discovery_prefix}/status"),
+        write=(f"{root}/{node}/{slug}/#", f"{discovery_prefix}/+/{node}/#"),
+    )
+
+
+def joined_account_name(node: str, slug: str) -> str:
+    """The broker account of service `slug` on a node that joined the hub."""
+    return f"{slug}@{node}"
+
+
+def check_joined(node: str, services: Iterable[str]) -> list[str]:
+    """The node id and slugs checked (they go into ACL filters); the slugs sorted, unique."""
+    if not NODE_ID_RE.fullmatch(node):
+        raise AccountError(
+            f"node id {node!r}: letters, digits, '.', '_' or '-' (at most 64, no '/', '+', '#')"
+        )
+    slugs = sorted(set(services))
+    bad = [slug for slug in slugs if not SLUG_RE.fullmatch(slug)]
+    if bad:
+        raise AccountError(f"not a service slug: {', '.join(map(repr, bad))}")
+    return slugs
+
+
+def joined_accounts(
+    *,
+    root: str,
+    nodes: Mapping[str, Mapping[str, Any]],
+    discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX,
+) -> list[AccountSpec]:
+    """The accounts of the nodes that joined a hub: `<slug>@<node>` per service served."""
+    specs = []
+    for node in sorted(nodes):
+        for slug in check_joined(node, nodes[node].get("services", ())):
+            name = joined_account_name(node, slug)
+            description = f"{slug} on the joined node {node}"
+            specs.append(_service_account(name, description, root, node, slug, discovery_prefix))
+    return specs
+
+
+def hub_accounts(
+    settings: Mapping[str, Any], services: Iterable[str], nodes: Mapping[str, Mapping[str, Any]]
+) -> list[AccountSpec]:
+    """The hub's own accounts (node_accounts) and those of the nodes that joined it."""
+    joined = joined_accounts(
+        root=topic_root(settings["EDGE_SITE"]),
+        nodes=nodes,
+        discovery_prefix=settings.get(DISCOVERY_PREFIX_KEY) or DEFAULT_DISCOVERY_PREFIX,
+    )
+    specs = node_accounts(settings, services) + joined
+    names = [spec.name for spec in specs]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise AccountError(f"broker account names used twice: {', '.join(clashes)}")
+    return specs
+
+
+def load_nodes(directory: Path) -> dict[str, dict[str, Any]]:
+    """The nodes that joined the hub whose broker lives in `directory` ({} if none)."""
+    path = directory / NODES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise AccountError(f"cannot read the joined nodes {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise AccountError(f"the joined nodes {path} are damaged: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise AccountError(f"the joined nodes {path} are damaged: expected {{node: {{...}}}}")
+    return data
+
+
+def save_nodes(directory: Path, nodes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write the joined nodes (0600, atomically)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_private(directory / NODES_FILE, json.dumps(nodes, indent=2, sort_keys=True) + "\n")
+
+
 def node_accounts(settings: Mapping[str, Any], services: Iterable[str]) -> list[AccountSpec]:
     """plan_accounts for the node the settings describe, with the installed `services`."""
     return plan_accounts(
@@ -191,12 +284,20 @@ def node_accounts(settings: Mapping[str, Any], services: Iterable[str]) -> list[
     )
 
 
-def ensure_accounts(directory: Path, specs: Iterable[AccountSpec], root: str) -> BrokerAccounts:
-    """Make the missing passwords, keep the others; write the store, `passwd` and `acl`."""
+def ensure_accounts(
+    directory: Path, specs: Iterable[AccountSpec], root: str, revoke: Iterable[str] = ()
+) -> BrokerAccounts:
+    """Make the missing passwords, keep the others; write the store, `passwd` and `acl`.
+
+    The passwords of `revoke` (accounts that must not come back with them: a node that
+    left) are forgotten; the names must not be in `specs`.
+    """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = directory / STORE_FILE
     passwords: dict[str, str] = _read_store(store)["passwords"] if store.exists() else {}
     specs = list(specs)
+    for name in revoke:
+        passwords.pop(name, None)
     made = [spec.name for spec in specs if spec.name not in passwords]
     for name in made:
         passwords[name] = secrets.token_urlsafe(PASSWORD_BYTES)

@@ -19,6 +19,7 @@ from flask import (
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.wrappers import Response as BaseResponse
 
+from edge_server.views import services_tree
 from pyedge import ServiceHost
 from pyedge.accounts import AccountError
 from pyedge.auth import LoginRefused, current_auth
@@ -32,13 +33,12 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def index() -> str:
-    """List the services and their health."""
+    """List the services, local and remote, and their health."""
     host: ServiceHost = current_app.extensions["pyedge"]
-    services = [host.describe(runtime) for runtime in host.runtimes.values()]
     return render_template(
         "index.html",
         health=host.health(),
-        services=services,
+        services=services_tree(),
         identity=g.identity,
         csrf_token=current_auth().csrf_token(),
     )

@@ -37,10 +37,10 @@ GRACEFUL_TIMEOUT_S = 10
 
 
 class NodeLocked(PyEdgeError):
-    """Another `pyedge run` already serves this data dir."""
+    """Another `pyedge run` (or `pyedge serve` of the same service) already runs here."""
 
 
-def hold_lock(path: Path, what: str) -> IO[str]:
+def hold_lock(path: Path, what: str, holder_name: str = "pyedge run") -> IO[str]:
     """Hold an exclusive lock on `path` for this process's life; NodeLocked if taken."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
@@ -50,7 +50,7 @@ def hold_lock(path: Path, what: str) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise NodeLocked(f"{what} is in use by another pyedge run (pid {holder})") from None
+        raise NodeLocked(f"{what} is in use by another {holder_name} (pid {holder})") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -137,7 +137,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
         close_services(app)
 
 
-def _tls(settings: LoadedConfig) -> TlsFiles | None:
+def https_files(settings: LoadedConfig) -> TlsFiles | None:
     """The HTTPS certificate when EDGE_TLS is on (checked or generated), announced."""
     if not settings["EDGE_TLS"]:
         if settings["EDGE_TLS_CERT"] is not None:
@@ -149,6 +149,17 @@ def _tls(settings: LoadedConfig) -> TlsFiles | None:
     return tls
 
 
+def serve_app(settings: LoadedConfig, overrides: Mapping[str, Any], tls: TlsFiles | None) -> None:
+    """Serve create_app(overrides) with one gunicorn gthread worker until it stops."""
+    logger.info(
+        "serving %s://%s:%d/ (API docs at /api/docs)",
+        "https" if tls else "http",
+        settings["EDGE_HTTP_HOST"],
+        settings["EDGE_HTTP_PORT"],
+    )
+    EdgeServerApplication(settings, overrides, tls).run()
+
+
 def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
     """Run solo mode until SIGTERM or Ctrl-C; raises PyEdgeError if it cannot start."""
     locks = lock_node(settings)
@@ -157,7 +168,7 @@ def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
     owner = os.getpid()
     broker = None
     try:
-        tls = _tls(settings)
+        tls = https_files(settings)
         if settings["EDGE_MQTT_EMBEDDED"]:
             broker = embedded_broker(settings, installed_services())
             broker.start()
@@ -166,13 +177,7 @@ def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
         else:
             # A missing account file or CA stops start-up here rather than in the worker.
             bus_settings(settings, PROCESS_SLUG)
-        logger.info(
-            "serving %s://%s:%d/ (API docs at /api/docs)",
-            "https" if tls else "http",
-            settings["EDGE_HTTP_HOST"],
-            settings["EDGE_HTTP_PORT"],
-        )
-        EdgeServerApplication(settings, overrides, tls).run()
+        serve_app(settings, overrides, tls)
     finally:
         if os.getpid() == owner:
             if broker is not None:

@@ -1,16 +1,19 @@
-"""edge-server schemas: health and the services tree."""
+"""edge-server schemas: health, the services tree and the nodes."""
 
 import marshmallow as ma
 
 from pyedge import OpKind, OpState
 
 STATUSES = ("ok", "degraded")
+# A remote service is also `offline`: its status, its will or its health check said so.
+SERVICE_STATUSES = (*STATUSES, "offline")
+MODES = ("local", "remote")
 
 
 class ComponentHealthSchema(ma.Schema):
     """One service's health."""
 
-    status = ma.fields.String(required=True, validate=ma.validate.OneOf(STATUSES))
+    status = ma.fields.String(required=True, validate=ma.validate.OneOf(SERVICE_STATUSES))
     detail = ma.fields.String(required=True)
 
 
@@ -24,8 +27,15 @@ class MqttHealthSchema(ma.Schema):
     detail = ma.fields.String(required=True)
 
 
+class RemoteHealthSchema(ComponentHealthSchema):
+    """A service serving on its own, as this edge-server sees it."""
+
+    node = ma.fields.String(required=True)
+    slug = ma.fields.String(required=True)
+
+
 class HealthSchema(ma.Schema):
-    """The node's health: ok only when the bus and every service are."""
+    """The node's health: ok only when the bus and every local service are."""
 
     status = ma.fields.String(required=True, validate=ma.validate.OneOf(STATUSES))
     node = ma.fields.String(required=True)
@@ -34,6 +44,14 @@ class HealthSchema(ma.Schema):
     services = ma.fields.Dict(
         keys=ma.fields.String(), values=ma.fields.Nested(ComponentHealthSchema), required=True
     )
+    remote = ma.fields.List(
+        ma.fields.Nested(RemoteHealthSchema),
+        required=True,
+        metadata={
+            "description": "services serving on their own (node and hub roles); an offline "
+            "one does not degrade this node"
+        },
+    )
 
 
 class OperationSummarySchema(ma.Schema):
@@ -41,7 +59,13 @@ class OperationSummarySchema(ma.Schema):
 
     name = ma.fields.String(required=True)
     kind = ma.fields.Enum(OpKind, by_value=True, required=True)
-    state = ma.fields.Enum(OpState, by_value=True, required=True)
+    state = ma.fields.Enum(
+        OpState,
+        by_value=True,
+        required=True,
+        allow_none=True,
+        metadata={"description": "null for a remote operation whose state is not known yet"},
+    )
     success = ma.fields.Boolean(allow_none=True, required=True)
 
 
@@ -52,8 +76,29 @@ class ServiceSchema(ma.Schema):
     title = ma.fields.String(required=True)
     version = ma.fields.String(required=True)
     description = ma.fields.String(required=True)
-    mode = ma.fields.String(required=True, metadata={"description": "local (mounted in-process)"})
+    mode = ma.fields.String(
+        required=True,
+        validate=ma.validate.OneOf(MODES),
+        metadata={"description": "local (mounted in-process) or remote (serving on its own)"},
+    )
     node = ma.fields.String(required=True)
-    url = ma.fields.String(required=True)
+    url = ma.fields.String(
+        required=True,
+        metadata={"description": "its API on this server: /api/<slug> or /api/nodes/<node>/<slug>"},
+    )
     health = ma.fields.Nested(ComponentHealthSchema, required=True)
     ops = ma.fields.List(ma.fields.Nested(OperationSummarySchema), required=True)
+
+
+class NodeSchema(ma.Schema):
+    """A node of the network, as the hub knows it."""
+
+    node = ma.fields.String(required=True)
+    machine = ma.fields.String(required=True, metadata={"description": "platform.machine()"})
+    services = ma.fields.List(ma.fields.String(), required=True)
+    last_seen = ma.fields.DateTime(required=True, metadata={"description": "ISO 8601 UTC"})
+    status = ma.fields.String(
+        required=True,
+        validate=ma.validate.OneOf(("online", "offline")),
+        metadata={"description": "online when any of its services is"},
+    )

@@ -6,7 +6,8 @@ the dashboard's session cookie. Each endpoint's role comes from its declaration
 be forgotten: one without a declaration needs `viewer` to read and `admin` to change.
 Cookie sessions also need a CSRF token on every unsafe request (a token is not sent by a
 browser on its own, so token requests need none). Every change is written to the audit
-log; failed logins are rate-limited per client.
+log; failed logins are rate-limited per client. A request proxied by the hub carries its
+caller signed by the hub (pyedge.identity), trusted when this node holds the hub's key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from flask_smorest import abort
 
 from pyedge.accounts import AccountError, AccountStore, Identity
 from pyedge.errors import PyEdgeError
+from pyedge.identity import (
+    CALLER_HEADER,
+    SIGNATURE_HEADER,
+    CallerRefused,
+    HubKey,
+    check_caller,
+)
 from pyedge.security import READ_METHODS, Role, view_role
 
 logger = logging.getLogger(__name__)
@@ -122,11 +130,13 @@ class Auth:
     def __init__(self) -> None:
         self.store: AccountStore | None = None
         self.limiter = LoginLimiter()
+        self.hub_key: HubKey | None = None
 
     def init_app(self, app: Flask) -> None:
         """Open the accounts in the data dir and guard every request of `app`."""
         data_dir = Path(app.config["EDGE_DATA_DIR"])
         self.store = AccountStore(data_dir / "accounts.db")
+        self.hub_key = HubKey(data_dir)
         app.secret_key = _secret_key(data_dir / "secret_key")
         app.config["SESSION_COOKIE_HTTPONLY"] = True
         # Lax: the cookie goes with links into the dashboard, not with other sites' posts.
@@ -153,11 +163,18 @@ class Auth:
     # --- identity -------------------------------------------------------------------------
 
     def identify(self) -> Identity | None:
-        """The caller: a valid Bearer token, else a logged-in session, else None.
+        """The caller: one the hub vouches for, else a valid Bearer token, else a logged-in
+        session, else None.
 
-        A request that presents a token is judged by the token alone.
+        A request that presents a token is judged by the token alone. A forwarded caller
+        that does not verify is ignored (the hub strips the client's own credentials, so
+        such a request ends as one without any).
         """
         store = self.accounts
+        if CALLER_HEADER in request.headers:
+            forwarded = self.forwarded_caller()
+            if forwarded is not None:
+                return forwarded
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, token = header.partition(" ")
@@ -169,6 +186,22 @@ class Auth:
             return None
         # Read afresh: a deleted user or a changed role takes effect at once.
         return store.user(name)
+
+    def forwarded_caller(self) -> Identity | None:
+        """The caller the hub signed for this request, if this node trusts a hub and it verifies."""
+        key = self.hub_key.get() if self.hub_key is not None else None
+        if key is None:
+            logger.warning("%s ignored: this node trusts no hub (no hub.pub)", CALLER_HEADER)
+            return None
+        signed = {name: request.headers.get(name, "") for name in (CALLER_HEADER, SIGNATURE_HEADER)}
+        try:
+            identity = check_caller(key, signed, request.method, request.path)
+        except CallerRefused as exc:
+            logger.warning("%s from %s ignored: %s", CALLER_HEADER, request.remote_addr, exc)
+            return None
+        # Not a browser session: the hub checked its CSRF token, if it had one.
+        g.forwarded = True
+        return identity
 
     def login(self, identity: Identity) -> str:
         """Start a session for a user; returns its CSRF token."""
@@ -253,6 +286,7 @@ class Auth:
     def _guard(self) -> Any:
         """Authenticate the request and check its role (before_request)."""
         g.identity = None
+        g.forwarded = False
         endpoint = request.endpoint
         if endpoint is None:
             return None  # no such route: Flask answers 404/405 itself
@@ -275,7 +309,8 @@ class Auth:
                 HTTPStatus.FORBIDDEN,
                 f"needs the {role.label} role; {identity.actor} is {identity.role.label}",
             )
-        if identity.kind == "user" and request.method not in READ_METHODS:
+        forwarded = g.get("forwarded", False)
+        if identity.kind == "user" and not forwarded and request.method not in READ_METHODS:
             self.check_csrf()
         return None
 

@@ -11,6 +11,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from pyedge import config as cfg
+from pyedge.announce import Announcer
 from pyedge.bus import Bus
 from pyedge.bus_config import MQTT_PROTOCOLS, bus_settings
 from pyedge.service import EdgeService, ServiceRuntime
@@ -80,9 +81,17 @@ class ServiceHost:
     marks `[<site>/]pyedge/<node>/<process_slug>/status` offline.
     """
 
-    def __init__(self, services: Sequence[EdgeService], process_slug: str) -> None:
+    def __init__(
+        self,
+        services: Sequence[EdgeService],
+        process_slug: str,
+        advertise_url: str | None = None,
+    ) -> None:
         self.services = list(services)
         self.process_slug = process_slug
+        # Set when the process serves its services on its own: they are announced (on
+        # every connect) as reachable at this base URL.
+        self.advertise_url = advertise_url
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.node = ""
         self.bus: Bus | None = None
@@ -111,6 +120,9 @@ class ServiceHost:
     def start(self) -> None:
         """Connect the bus and start every service (autostart Processes included)."""
         assert self.bus is not None, "init_app first"
+        if self.advertise_url is not None:
+            # Before the bus connects, so that the first connect announces too.
+            Announcer(self.runtimes.values(), self.advertise_url).start()
         self.bus.start()
         for runtime in self.runtimes.values():
             runtime.start()

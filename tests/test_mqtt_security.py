@@ -32,6 +32,7 @@ from edge_server.mqtt_accounts import (
     DISCOVERY_PREFIX_KEY,
     AccountError,
     ensure_accounts,
+    hub_accounts,
     load_accounts,
     node_accounts,
     plan_accounts,
@@ -328,6 +329,23 @@ def test_a_discovery_prefix_of_several_levels_confines_the_discovery_rules() -> 
         "device-service"
     ]
     assert device.write == ("pyedge/n1/device-service/#", "plant-a/home assistant/+/n1/#")
+
+
+def test_a_joined_nodes_accounts_write_only_their_own_service_topics(tmp_path: Path) -> None:
+    settings = {"EDGE_SITE": "plant-a", "EDGE_NODE_ID": "hub",
+                DISCOVERY_PREFIX_KEY: "ha"}  # fmt: skip
+    nodes = {"n2": {"services": ["device-service", "custom-service"]}}
+    specs = {s.name: s for s in hub_accounts(settings, ["custom-service"], nodes)}
+    root = "plant-a/pyedge"
+    assert specs["custom-service@n2"].write == (f"{root}/n2/custom-service/#",)
+    assert specs["custom-service@n2"].read == (f"{root}/#",)
+    assert specs["device-service@n2"].write == (f"{root}/n2/device-service/#", "ha/+/n2/#")
+    assert specs["custom-service"].write == (f"{root}/hub/custom-service/#",)  # the hub's own
+    # Node ids and slugs go into ACL filters: nothing that could widen a rule passes.
+    for bad in ({"n+": {"services": ["x"]}}, {"n2\n": {"services": ["x"]}},
+                {"n2": {"services": ["x/#"]}}, {"n2": {"services": ["X"]}}):  # fmt: skip
+        with pytest.raises(AccountError):
+            hub_accounts(settings, ["custom-service"], bad)
 
 
 def test_no_accounts_yet_says_how_they_are_made(tmp_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""The hub's Ed25519 key, and the caller it signs into every request it proxies.
+
+`<data>/network/hub.key` (PKCS8 PEM, owner-only) is made on the first start of a hub (or
+node) edge-server, with `<data>/network/hub.pub` beside it: services on the same device
+read that, and `pyedge join` copies it to other devices. pyedge.identity verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pyedge.accounts import Identity
+from pyedge.identity import (
+    CALLER_HEADER,
+    CALLER_TTL_S,
+    NETWORK_DIR,
+    SIGNATURE_HEADER,
+    b64url_encode,
+    encode_claims,
+    hub_public_key_path,
+)
+
+logger = logging.getLogger(__name__)
+
+HUB_KEY = "hub.key"
+# Signatures kept per claim: Ed25519 signs deterministically, so a claim signed again
+# (every request to one path within the same second) gets the very same signature.
+SIGNED_CACHE = 256
+_signed: dict[tuple[int, str], tuple[Ed25519PrivateKey, str]] = {}
+_signed_lock = threading.Lock()
+
+
+def _public_pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> bool:
+    """Write `path` whole with `mode` unless it exists; False when another writer won."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Created with its mode by open() itself: a chmod afterwards would leave a window.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # link() refuses to replace: of two processes starting at once, one key wins.
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def hub_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The hub's private key in `data_dir`, made (with hub.pub) on first use."""
+    directory = Path(data_dir) / NETWORK_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / HUB_KEY
+    if not path.exists():
+        fresh = Ed25519PrivateKey.generate()
+        pem = fresh.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        if _write_new(path, pem, 0o600):
+            logger.info("made the hub key %s", path)
+    if path.stat().st_mode & 0o077:
+        logger.warning("%s was readable by others: made owner-only", path)
+        path.chmod(0o600)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    _ensure_public(data_dir, key)
+    return key
+
+
+def _ensure_public(data_dir: Path, key: Ed25519PrivateKey) -> None:
+    """Write hub.pub for the services on this device, unless another hub's is there."""
+    public = hub_public_key_path(data_dir)
+    pem = _public_pem(key)
+    try:
+        current = public.read_text()
+    except FileNotFoundError:
+        _write_new(public, pem.encode("ascii"), 0o644)
+        return
+    if current.strip() != pem.strip():
+        # A node that joined a hub keeps that hub's key: its services trust that hub, not
+        # this edge-server (whose forwarded callers they will then refuse).
+        logger.warning(
+            "%s is another hub's key (this node joined one): the services here trust that "
+            "hub, not this edge-server",
+            public,
+        )
+
+
+def hub_public_pem(data_dir: Path) -> str:
+    """The hub's public key as PEM (SubjectPublicKeyInfo), what `pyedge join` fetches."""
+    return _public_pem(hub_key(data_dir))
+
+
+def sign_caller(
+    key: Ed25519PrivateKey,
+    identity: Identity,
+    method: str,
+    path: str,
+    now: float | None = None,
+    ttl: int = CALLER_TTL_S,
+) -> dict[str, str]:
+    """The headers that vouch for `identity` on one request (`method`, `path`) to a service."""
+    moment = time.time() if now is None else now
+    value = encode_claims(
+        {
+            "name": identity.name,
+            "kind": identity.kind,
+            "role": identity.role.label,
+            "method": method.upper(),
+            "path": path,
+            "exp": int(moment) + ttl,
+        }
+    )
+    return {CALLER_HEADER: value, SIGNATURE_HEADER: _signature(key, value)}
+
+
+def _signature(key: Ed25519PrivateKey, value: str) -> str:
+    """key's signature of `value`, base64url; from the memo when it was signed before."""
+    entry = (id(key), value)
+    found = _signed.get(entry)
+    # The key object is kept with its entry, so that its id() cannot be reused.
+    if found is not None and found[0] is key:
+        return found[1]
+    signature = b64url_encode(key.sign(value.encode("ascii")))
+    with _signed_lock:
+        if len(_signed) >= SIGNED_CACHE:
+            _signed.pop(next(iter(_signed)))
+        _signed[entry] = (key, signature)
+    return signature

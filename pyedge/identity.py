@@ -1,0 +1,205 @@
+"""Forwarded callers: the identity a hub vouches for when it proxies a request to a service.
+
+The hub signs `X-PyEdge-Caller` (base64url of compact JSON: name, kind, role, method, path,
+exp) with its Ed25519 key and sends the signature in `X-PyEdge-Caller-Signature`. A service
+that holds the hub's public key (`<data>/network/hub.pub`) trusts the caller only when the
+signature verifies, the claim is bound to this request's method and path, and it expires
+soon (a captured header is worth nothing elsewhere and little later).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from pyedge.accounts import AccountError, Identity, check_name
+from pyedge.errors import PyEdgeError
+from pyedge.security import Role
+
+logger = logging.getLogger(__name__)
+
+CALLER_HEADER = "X-PyEdge-Caller"
+SIGNATURE_HEADER = "X-PyEdge-Caller-Signature"
+# A claim may expire at most this far ahead: the hub signs for less (CALLER_TTL_S), which
+# leaves the rest for the two clocks to differ.
+MAX_AHEAD_S = 60
+CALLER_TTL_S = 30
+KINDS = frozenset({"user", "token"})
+# Forwarded names get this suffix, so that the audit log tells them from local accounts.
+HUB_SUFFIX = "@hub"
+NETWORK_DIR = "network"
+HUB_PUBLIC_KEY = "hub.pub"
+
+
+# Verified (key, value, signature) triples kept: the hub signs the same claim for every
+# request to one path within a second, and a verification costs more than the rest of
+# the check. A hit means the very same bytes verified before under the very same key;
+# the claims (expiry, method, path) are still checked on every request.
+VERIFIED_CACHE = 256
+
+
+class _Verified:
+    """A small, thread-safe memo of signatures that verified."""
+
+    def __init__(self, size: int = VERIFIED_CACHE) -> None:
+        self.size = size
+        self._seen: dict[tuple[int, str, str], Ed25519PublicKey] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, public_key: Ed25519PublicKey, signature: str, value: str) -> None:
+        """Verify `signature` of `value` (InvalidSignature or a decoding error if bad)."""
+        entry = (id(public_key), signature, value)
+        # The key object is kept with its entry, so that its id() cannot be reused.
+        if self._seen.get(entry) is public_key:
+            return
+        public_key.verify(b64url_decode(signature), value.encode("ascii"))
+        with self._lock:
+            if len(self._seen) >= self.size:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[entry] = public_key
+
+
+_verified = _Verified()
+
+
+class CallerRefused(PyEdgeError):
+    """A forwarded caller that must not be trusted, with why."""
+
+
+def b64url_encode(data: bytes) -> str:
+    """base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """base64url, padded or not; CallerRefused when it is not."""
+    try:
+        raw = text.encode("ascii")
+        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+        raise CallerRefused(f"not base64url: {exc}") from exc
+
+
+def encode_claims(claims: Mapping[str, Any]) -> str:
+    """The X-PyEdge-Caller value of a claim: base64url of its compact JSON."""
+    return b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+
+
+def hub_public_key_path(data_dir: Path) -> Path:
+    """Where a data dir keeps the public key of the hub it trusts."""
+    return Path(data_dir) / NETWORK_DIR / HUB_PUBLIC_KEY
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ValueError otherwise."""
+    key = load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return key
+
+
+def check_caller(
+    public_key: Ed25519PublicKey,
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    now: float | None = None,
+) -> Identity:
+    """The forwarded caller of a request; CallerRefused saying why it is not to be trusted."""
+    value = headers.get(CALLER_HEADER)
+    signature = headers.get(SIGNATURE_HEADER)
+    if not value:
+        raise CallerRefused(f"no {CALLER_HEADER}")
+    if not signature:
+        raise CallerRefused(f"{CALLER_HEADER} without {SIGNATURE_HEADER}")
+    try:
+        _verified.verify(public_key, signature, value)
+    except (InvalidSignature, UnicodeEncodeError) as exc:
+        raise CallerRefused("bad signature") from exc
+    # Signed by the hub from here on: what is checked next is that it is meant for this.
+    try:
+        claims = json.loads(b64url_decode(value))
+    except ValueError as exc:
+        raise CallerRefused(f"not JSON: {exc}") from exc
+    if not isinstance(claims, dict):
+        raise CallerRefused("not a JSON object")
+    name, kind, role = claims.get("name"), claims.get("kind"), claims.get("role")
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise CallerRefused("no expiry")
+    moment = time.time() if now is None else now
+    if exp <= moment:
+        raise CallerRefused("expired")
+    if exp > moment + MAX_AHEAD_S:
+        raise CallerRefused(f"expires more than {MAX_AHEAD_S} s ahead")
+    if claims.get("method") != method.upper():
+        raise CallerRefused(f"signed for {claims.get('method')}, not {method.upper()}")
+    if claims.get("path") != path:
+        raise CallerRefused(f"signed for {claims.get('path')!r}, not {path!r}")
+    if kind not in KINDS:
+        raise CallerRefused(f"bad kind {kind!r}")
+    if not isinstance(name, str) or not isinstance(role, str):
+        raise CallerRefused("no name or role")
+    try:
+        check_name(name)
+        parsed = Role.parse(role)
+    except (AccountError, ValueError) as exc:
+        raise CallerRefused(str(exc)) from exc
+    return Identity(name=f"{name}{HUB_SUFFIX}", role=parsed, kind=str(kind))
+
+
+def verify_caller(
+    public_key: Ed25519PublicKey,
+    headers: Mapping[str, str],
+    method: str,
+    path: str,
+    now: float | None = None,
+) -> Identity | None:
+    """The forwarded caller of a request, or None when it is missing, forged or stale."""
+    try:
+        return check_caller(public_key, headers, method, path, now)
+    except CallerRefused:
+        return None
+
+
+class HubKey:
+    """The trusted hub's public key in a data dir, read again only when the file changes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = hub_public_key_path(data_dir)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._key: Ed25519PublicKey | None = None
+
+    def get(self) -> Ed25519PublicKey | None:
+        """The key, or None while there is none (this node trusts no hub)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            logger.warning("cannot read the hub's key %s: %s", self.path, exc)
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                # `pyedge join` may write it while the service runs: judged by its stamp.
+                self._stamp = stamp
+                try:
+                    self._key = load_public_key(self.path.read_bytes())
+                except (OSError, ValueError) as exc:
+                    logger.error("the hub's key %s is unusable: %s", self.path, exc)
+                    self._key = None
+            return self._key
