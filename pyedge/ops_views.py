@@ -87,8 +87,7 @@ def perform(
         if caller is not None and caller < needed:
             raise OpCallError(
                 HTTPStatus.FORBIDDEN,
-                f"{action} of {name} needs the {needed.label} role; the caller is "
-                f"{caller.label}",
+                f"{action} of {name} needs the {needed.label} role; the caller is {caller.label}",
             )
         if raw_params and action == "start":
             params = load_params(op, params or {})
