@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 # Settings `pyedge run` reads from the environment. Set in the environment or on the
 # command line (`make run EDGE_HTTP_PORT=9000`), they reach pyedge; unset ones stay unset
 # (a bare `export VAR` would hand pyedge an empty value).
-EDGE_ENV := EDGE_HTTP_HOST EDGE_HTTP_PORT EDGE_MQTT_PORT EDGE_DATA_DIR EDGE_TLS EDGE_MQTT_TLS EDGE_SITE
+EDGE_ENV := EDGE_HTTP_HOST EDGE_HTTP_PORT EDGE_MQTT_PORT EDGE_DATA_DIR EDGE_TLS EDGE_MQTT_TLS EDGE_SITE \
+	EDGE_ROLE EDGE_SERVICES
 $(foreach v,$(EDGE_ENV),$(if $(filter undefined,$(origin $(v))),,$(eval export $(v))))
 
 .PHONY: help setup run test lint format bench clean

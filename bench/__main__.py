@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from bench import api, bus, containers, device, memory
+from bench import api, bus, containers, device, memory, proxy
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def main() -> None:
         memory.run(),
         device.run(scale),
         containers.run(scale),
+        proxy.run(scale),
     ):
         # A benchmark returns one result or a list of them.
         results.extend(result if isinstance(result, list) else [result])

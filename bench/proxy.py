@@ -1,0 +1,137 @@
+"""A request through the edge-server's proxy vs the same request straight to the service.
+
+Both sides are the real commands, as on a device: `pyedge run` (EDGE_ROLE=node, its own
+broker) fronts custom-service, which `pyedge serve custom-service` serves in a gunicorn of
+its own and announces on the broker. The same GET /hello, with the same token, goes once
+through the edge-server's /api/custom-service/... (auth, the signed caller, one more HTTP
+hop) and once straight to the service's port, in alternating rounds of the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from pyedge.accounts import AccountStore
+from pyedge.security import Role
+
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
+REQUESTS = 2000
+# More, shorter rounds: a burst of other load on the machine spoils fewer of them.
+ROUNDS = 10
+WARMUP = 50
+PATH = "/api/custom-service/hello?name=bench"
+TARGET = 0.6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _environment(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    env.update(EDGE_NODE_ID="bench-proxy", EDGE_LOG_LEVEL="WARNING", **settings)
+    return env
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench proxy: {what} not within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _answers(session: requests.Session, url: str) -> bool:
+    try:
+        return session.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    with log.open("w") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _per_second(session: requests.Session, url: str, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        response = session.get(url)
+        response.raise_for_status()
+    return count / (time.perf_counter() - started)
+
+
+def run(scale: float) -> dict[str, Any]:
+    """Requests per second through the proxy vs straight to the service."""
+    count = max(ROUNDS * 40, int(REQUESTS * scale))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        token = AccountStore(data / "accounts.db").create_token("bench", Role.VIEWER)
+        hub_port, service_port, mqtt_port = _free_port(), _free_port(), _free_port()
+        hub_env = _environment(EDGE_ROLE="node", EDGE_SERVICES="device-service")
+        hub_args = [PYEDGE, "run", "--host", "127.0.0.1", "--port", str(hub_port)]
+        hub_args += ["--mqtt-port", str(mqtt_port), "--data-dir", str(data)]
+        service_env = _environment(
+            EDGE_MQTT_PORT=str(mqtt_port), EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0"
+        )
+        service_args = [PYEDGE, "serve", "custom-service", "--host", "127.0.0.1"]
+        service_args += ["--port", str(service_port), "--data-dir", str(data)]
+        hub_url = f"http://127.0.0.1:{hub_port}"
+        direct_url = f"http://127.0.0.1:{service_port}{PATH}"
+        proxied_url = f"{hub_url}{PATH}"
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        with _process(hub_args, hub_env, Path(tmp) / "hub.log"):
+            _wait(lambda: _answers(session, f"{hub_url}/api/health"), 30, "the edge-server")
+            # After the edge-server: its hub key must exist when the service loads it.
+            with _process(service_args, service_env, Path(tmp) / "service.log"):
+                _wait(lambda: _answers(session, proxied_url), 30, "the proxied service")
+                for url in (direct_url, proxied_url):
+                    _per_second(session, url, WARMUP)
+                direct, proxied = [], []
+                # Alternating rounds, so that drift of the machine weighs on both sides.
+                for _ in range(ROUNDS):
+                    direct.append(_per_second(session, direct_url, count // ROUNDS))
+                    proxied.append(_per_second(session, proxied_url, count // ROUNDS))
+    baseline, pyedge = sum(direct) / ROUNDS, sum(proxied) / ROUNDS
+    # Each round's ratio compares two runs made back to back: their median is the least
+    # swayed by other load on the machine. The ratio of the means is kept as it was.
+    per_round = [p / d for p, d in zip(proxied, direct, strict=True)]
+    return {
+        "name": "proxy: GET /hello via hub",
+        "unit": "req/s",
+        "pyedge": pyedge,
+        "baseline": baseline,
+        "ratio": pyedge / baseline,
+        "ratio_median": statistics.median(per_round),
+        "pyedge_median": statistics.median(proxied),
+        "baseline_median": statistics.median(direct),
+        "what": f"{count} requests each in {ROUNDS} alternating rounds, keep-alive, gunicorn "
+        f"both; baseline straight to `pyedge serve`; target >= {TARGET}",
+    }

@@ -1,0 +1,405 @@
+"""Network mode on one machine: a hub and three nodes, each in its own network namespace.
+
+The hub (`pyedge run`, EDGE_ROLE=hub, its broker's TLS listener on the bridge) runs in the
+root namespace; every node joins it with `pyedge join` and serves its services with
+`pyedge serve`, each on its own address. Everything is the real command line, a real
+Mosquitto and real HTTP across the namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from openapi_spec_validator import validate
+
+from edge_server.mqtt_accounts import CONTROLLER, load_accounts
+from pyedge.accounts import AccountStore
+from pyedge.client import Client, MqttClient
+from pyedge.security import Role
+from tests.conftest import free_port
+from tests.network.netns import Host, Site
+
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
+KEEPALIVE = 5
+# The broker fires a silent client's will after 1.5x its keepalive; a health check every
+# second notices a dead HTTP side sooner. Some slack for a loaded CI machine.
+OFFLINE_WITHIN = KEEPALIVE * 1.5 + 5
+SERVE_PORTS = {"custom-service": 8101, "device-service": 8102}
+T = TypeVar("T")
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """The machine's environment without EDGE_* (the tests say every setting)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "PYEDGE_"))}
+    env.update(PYTHONUNBUFFERED="1", **settings)
+    return env
+
+
+def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def call(url: str, token: str | None, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    """An HTTP request with a JSON body; status and parsed JSON (errors included)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@dataclass
+class Hub:
+    """The hub's `pyedge run` in the root namespace."""
+
+    process: subprocess.Popen[str]
+    url: str
+    token: str
+    data_dir: Path
+    log: Path
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET with the admin token."""
+        return call(self.url + path, self.token)
+
+    def services(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """/api/services by (node, slug)."""
+        status, listed = self.get("/api/services")
+        assert status == 200, listed
+        return {(s["node"], s["slug"]): s for s in listed}
+
+
+@dataclass
+class Node:
+    """A node: its namespace, id, data dir, and the services it serves."""
+
+    host: Host
+    node_id: str
+    data_dir: Path
+    log: Path
+    slugs: tuple[str, ...]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def url(self, slug: str) -> str:
+        """The base URL of the node's `slug` process."""
+        return f"http://{self.host.address}:{SERVE_PORTS[slug]}"
+
+    def serve(self) -> None:
+        """Start `pyedge serve` for each of its services inside its namespace."""
+        for slug in self.slugs:
+            port = SERVE_PORTS[slug]
+            self.host.popen(
+                [
+                    PYEDGE,
+                    "serve",
+                    slug,
+                    "--host",
+                    self.host.address,
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--advertise-url",
+                    self.url(slug),
+                ],
+                environment(
+                    EDGE_NODE_ID=self.node_id,
+                    EDGE_MQTT_KEEPALIVE=str(KEEPALIVE),
+                    EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
+                ),
+                self.log,
+            )
+
+
+def tail(path: Path, size: int = 3000) -> str:
+    """The end of a log, for a failure's message."""
+    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    site = Site()
+    try:
+        yield site
+    finally:
+        site.close()
+
+
+@pytest.fixture(scope="module")
+def hub(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    data_dir = tmp_path_factory.mktemp("hub") / "data"
+    token = AccountStore(data_dir / "accounts.db").create_token("site-admin", Role.ADMIN)
+    port = free_port()
+    log = data_dir.parent / "hub.log"
+    env = environment(
+        EDGE_ROLE="hub",
+        EDGE_NODE_ID="hub",
+        EDGE_SERVICES="custom-service",
+        EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
+        EDGE_HTTP_HOST=site.hub_address,
+        EDGE_HTTP_PORT=str(port),
+        EDGE_MQTT_PORT=str(free_port()),
+        EDGE_MQTT_TLS="1",
+        EDGE_MQTT_TLS_BIND=site.hub_address,
+        EDGE_MQTT_TLS_PORT=str(free_port()),
+        EDGE_MQTT_KEEPALIVE=str(KEEPALIVE),
+        EDGE_REMOTE_HEALTH_INTERVAL="1",
+        EDGE_DATA_DIR=str(data_dir),
+    )
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [PYEDGE, "run"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    hub = Hub(process, f"http://{site.hub_address}:{port}", token, data_dir, log)
+
+    def healthy() -> bool:
+        assert process.poll() is None, tail(log)
+        try:
+            return hub.get("/api/health")[0] == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    try:
+        eventually(healthy, 20, "the hub answers /api/health")
+        yield hub
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def nodes(site: Site, hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
+    layout = {
+        "n1": ("custom-service", "device-service"),
+        "n2": ("custom-service",),
+        "n3": ("device-service",),
+    }
+    nodes = []
+    for node_id, slugs in layout.items():
+        host = site.add_host()
+        data_dir = tmp_path_factory.mktemp(node_id) / "data"
+        node = Node(host, node_id, data_dir, data_dir.parent / f"{node_id}.log", slugs)
+        joined = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.name,
+                PYEDGE,
+                "--token",
+                hub.token,
+                "join",
+                hub.url,
+                "--node",
+                node_id,
+                "--services",
+                ",".join(slugs),
+                "--data-dir",
+                str(data_dir),
+            ],
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        # A token of the node's own, for calling its services directly (not through the hub).
+        store = AccountStore(data_dir / "accounts.db")
+        node.tokens["direct"] = store.create_token("direct", Role.ADMIN)
+        store.close()
+        node.serve()
+        nodes.append(node)
+    try:
+        expected = {(n.node_id, slug) for n in nodes for slug in n.slugs}
+
+        def all_online() -> bool:
+            listed = hub.services()
+            return all(
+                listed.get(key, {}).get("health", {}).get("status") == "ok" for key in expected
+            )
+
+        try:
+            eventually(all_online, 40, "every node's services online on the hub")
+        except AssertionError:
+            logs = "\n".join(f"--- {n.node_id}\n{tail(n.log)}" for n in nodes)
+            raise AssertionError(f"{hub.services()}\n--- hub\n{tail(hub.log)}\n{logs}") from None
+        yield nodes
+    finally:
+        for node in nodes:
+            node.host.stop()
+
+
+def by_id(nodes: list[Node], node_id: str) -> Node:
+    return next(n for n in nodes if n.node_id == node_id)
+
+
+def test_services_announce_and_appear_with_mode_and_node(hub: Hub, nodes: list[Node]) -> None:
+    listed = hub.services()
+    assert listed[("hub", "custom-service")]["mode"] == "local"
+    remote = listed[("n1", "device-service")]
+    assert remote["mode"] == "remote"
+    # custom-service runs on the hub and two nodes: those are reached by node.
+    assert listed[("n2", "custom-service")]["url"] == "/api/nodes/n2/custom-service"
+
+    # The dashboard shows them too, with their node.
+    request = urllib.request.Request(
+        hub.url + "/", headers={"Authorization": f"Bearer {hub.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        page = response.read().decode()
+    assert '<a href="/api/nodes/n3/device-service/ops">' in page
+    assert "<td>n3 <small>(remote)</small></td>" in page
+
+    status, known = hub.get("/api/nodes")
+    assert status == 200
+    rows = {row["node"]: row for row in known}
+    assert set(rows) == {"hub", "n1", "n2", "n3"}
+    assert sorted(rows["n1"]["services"]) == ["custom-service", "device-service"]
+    assert rows["n3"]["machine"] == os.uname().machine
+
+
+def test_json_is_proxied_with_the_callers_role(hub: Hub, nodes: list[Node]) -> None:
+    n3 = by_id(nodes, "n3")
+    # device-service runs on n1 and n3: by node; the hub's answer is the node's own.
+    status, through_hub = hub.get("/api/nodes/n3/device-service/sensors")
+    assert status == 200
+    direct = call(n3.url("device-service") + "/api/device-service/sensors", n3.tokens["direct"])
+    assert through_hub == direct[1]
+
+    # An operation through the hub, with the hub's admin token forwarded as a signed caller.
+    start = f"{hub.url}/api/nodes/n2/custom-service/ops/sleep/start"
+    status, session = call(start, hub.token, "POST", {"seconds": 0.2})
+    assert status == 202, session
+    status, done = call(
+        f"{hub.url}/api/nodes/n2/custom-service/ops/sleep/wait", hub.token, "POST", {"timeout": 10}
+    )
+    assert (status, done["state"], done["success"]) == (200, "done", True)
+
+    # A viewer may read through the hub but the node refuses it an operation.
+    store = AccountStore(hub.data_dir / "accounts.db")
+    viewer = store.create_token(f"viewer-{time.monotonic_ns()}", Role.VIEWER)
+    store.close()
+    assert call(f"{hub.url}/api/nodes/n2/custom-service/ops", viewer)[0] == 200
+    status, refused = call(start, viewer, "POST", {"seconds": 0.2})
+    assert status == 403, refused
+    # Without credentials the hub answers itself; a forged caller header gets nothing.
+    assert call(f"{hub.url}/api/nodes/n2/custom-service/ops", None)[0] == 401
+
+
+def test_server_sent_events_pass_through_unbuffered(hub: Hub, nodes: list[Node]) -> None:
+    url = f"{hub.url}/api/nodes/n1/custom-service/ticks?count=3&interval=1"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {hub.token}"})
+    arrivals = []
+    with urllib.request.urlopen(request, timeout=15) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith('data: {"seq"'):
+                arrivals.append((time.monotonic(), json.loads(line[6:])))
+    assert [event["seq"] for _at, event in arrivals] == [1, 2, 3]
+    assert {event["node"] for _at, event in arrivals} == {"n1"}
+    # Buffered, all three would arrive together at the end; they are two seconds apart.
+    assert arrivals[-1][0] - arrivals[0][0] > 1.5
+
+
+def test_openapi_merges_the_remote_services(hub: Hub, nodes: list[Node]) -> None:
+    status, spec = hub.get("/api/openapi.json")
+    assert status == 200
+    validate(spec)
+    paths = spec["paths"]
+    assert "/api/nodes/n1/device-service/sensors" in paths
+    assert "/api/nodes/n2/custom-service/ticks" in paths
+    schemas = spec["components"]["schemas"]
+    # Every remote schema is named apart from the hub's own.
+    assert any(
+        name.startswith("n1.device-service.") or "device-service" in name for name in schemas
+    )
+
+
+def test_operations_over_mqtt_rpc(hub: Hub, nodes: list[Node], site: Site) -> None:
+    accounts = load_accounts(hub.data_dir / "mosquitto")
+    login = accounts.login(CONTROLLER)
+    join = json.loads((by_id(nodes, "n2").data_dir / "network" / "join.json").read_text())
+    broker = join["broker"]
+    ca = by_id(nodes, "n2").data_dir / "network" / "ca.pem"
+    with MqttClient(
+        broker["host"],
+        broker["port"],
+        username=login["username"],
+        password=login["password"],
+        tls=broker["tls"],
+        ca=ca,
+    ) as client:
+        session = (
+            client.service("custom-service", node="n2").op("sleep").start(seconds=0.1).wait(10)
+        )
+    assert (session["state"], session["success"]) == ("done", True)
+
+
+def test_blocking_client_over_http_through_the_hub(hub: Hub, nodes: list[Node]) -> None:
+    with Client(hub.url, hub.token) as client:
+        op = client.service("custom-service", node="n1").op("sleep")
+        session = op.start(seconds=0.1).wait(10)
+    assert (session["state"], session["success"]) == ("done", True)
+
+
+def test_a_killed_node_goes_offline_and_comes_back(hub: Hub, nodes: list[Node]) -> None:
+    n2 = by_id(nodes, "n2")
+    n2.host.kill()
+    key = ("n2", "custom-service")
+    started = time.monotonic()
+    eventually(
+        lambda: hub.services()[key]["health"]["status"] != "ok", OFFLINE_WITHIN, "n2 offline"
+    )
+    assert time.monotonic() - started < OFFLINE_WITHIN
+    status, error = hub.get("/api/nodes/n2/custom-service/ops")
+    assert status == 503
+    assert error["message"]
+
+    n2.serve()
+    eventually(lambda: hub.services()[key]["health"]["status"] == "ok", 30, "n2 back online")
+    assert hub.get("/api/nodes/n2/custom-service/ops")[0] == 200
+
+
+def test_a_node_cut_off_the_network_goes_offline_then_back(hub: Hub, nodes: list[Node]) -> None:
+    n3 = by_id(nodes, "n3")
+    key = ("n3", "device-service")
+    n3.host.cable(False)
+    try:
+        eventually(
+            lambda: hub.services()[key]["health"]["status"] != "ok",
+            OFFLINE_WITHIN,
+            "n3 offline once its cable is cut",
+        )
+    finally:
+        n3.host.cable(True)
+    # paho reconnects by itself (backoff up to 30 s) and announces again.
+    eventually(lambda: hub.services()[key]["health"]["status"] == "ok", 45, "n3 back online")
