@@ -24,9 +24,7 @@ import fcntl
 import ipaddress
 import json
 import logging
-import os
 import ssl
-import tempfile
 import threading
 import time
 import urllib.error
@@ -55,6 +53,7 @@ from edge_server.broker import (
     broker_pid,
     reload_broker,
 )
+from edge_server.files import write_atomic
 from edge_server.identity import hub_public_pem
 from edge_server.mqtt_accounts import (
     AccountError,
@@ -82,6 +81,8 @@ CA_FILE = "ca.pem"
 HUB_CA_FILE = "hub-ca.pem"
 LOCK_FILE = "nodes.lock"
 # How long a join or leave waits for Mosquitto to show that it reloaded the accounts.
+# How long a short-lived client waits for the broker's CONNACK or PUBACKs.
+SESSION_WAIT_S = 2.0
 RELOAD_TIMEOUT_S = 5.0
 HTTP_TIMEOUT_S = 20.0
 WILDCARD_BINDS = ("0.0.0.0", "::")
@@ -233,53 +234,57 @@ def _plain_endpoint(directory: Path) -> tuple[str, int]:
     return host, plain["port"]
 
 
-def login_accepted(host: str, port: int, username: str, password: str) -> bool | None:
-    """Whether the broker accepts the login (CONNACK), None if it did not answer in time."""
+@contextmanager
+def _short_session(
+    host: str, port: int, login: dict[str, str]
+) -> Iterator[tuple[mqtt.Client, bool | None]]:
+    """A client logging in as `login` for a moment, and whether the broker accepted it.
+
+    None: no answer within SESSION_WAIT_S. Raises OSError when the broker is unreachable.
+    """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
-    client.username_pw_set(username, password)
-    result: list[bool] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(not reason.is_failure)
+    client.username_pw_set(login["username"], login["password"])
+    answers: list[bool] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: answers.append(not reason.is_failure)
     try:
         client.connect(host, port, keepalive=10)
-        deadline = time.monotonic() + 2
-        while not result and time.monotonic() < deadline:
+        deadline = time.monotonic() + SESSION_WAIT_S
+        while not answers and time.monotonic() < deadline:
             client.loop(0.05)
-    except OSError:
-        return None
+        yield client, (answers[0] if answers else None)
     finally:
         try:
             client.disconnect()
             client.loop(0.01)  # sends the DISCONNECT and closes the socket
         except OSError:
             pass
-    return result[0] if result else None
+
+
+def login_accepted(host: str, port: int, username: str, password: str) -> bool | None:
+    """Whether the broker accepts the login (CONNACK), None if it did not answer in time."""
+    try:
+        with _short_session(host, port, {"username": username, "password": password}) as (
+            _client,
+            accepted,
+        ):
+            return accepted
+    except OSError:
+        return None
 
 
 def clear_retained(host: str, port: int, login: dict[str, str], topics: list[str]) -> bool:
     """Clear retained messages (empty, retained, QoS 1) as `login`; False if not all acked."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
-    client.username_pw_set(login["username"], login["password"])
-    connected: list[bool] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(not reason.is_failure)
     try:
-        client.connect(host, port, keepalive=10)
-        deadline = time.monotonic() + 2
-        while not connected and time.monotonic() < deadline:
-            client.loop(0.05)
-        if not connected or not connected[0]:
-            return False
-        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
-        while not all(info.is_published() for info in infos) and time.monotonic() < deadline:
-            client.loop(0.05)
-        return all(info.is_published() for info in infos)
+        with _short_session(host, port, login) as (client, accepted):
+            if not accepted:
+                return False
+            infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
+            deadline = time.monotonic() + SESSION_WAIT_S
+            while not all(info.is_published() for info in infos) and time.monotonic() < deadline:
+                client.loop(0.05)
+            return all(info.is_published() for info in infos)
     except OSError:
         return False
-    finally:
-        try:
-            client.disconnect()
-            client.loop(0.01)
-        except OSError:
-            pass
 
 
 def _apply(settings: Any, nodes: dict[str, dict[str, Any]], revoke: Iterable[str] = ()) -> Any:
@@ -504,19 +509,6 @@ def _refused(what: str, status: int, answer: Any) -> JoinError:
     return JoinError(f"the hub refused to {what}: {status} {detail}")
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    """Write `path` with `mode` atomically (the mode set before any byte is written)."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def join_hub(
     data_dir: Path,
     hub_url: str,
@@ -543,12 +535,12 @@ def join_hub(
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Public material first, the accounts last: join.json is what says "joined".
     if answer.get("ca"):
-        _write(directory / CA_FILE, answer["ca"], 0o644)
+        write_atomic(directory / CA_FILE, answer["ca"], 0o644)
     else:
         (directory / CA_FILE).unlink(missing_ok=True)
     if ca is not None:
-        _write(directory / HUB_CA_FILE, Path(ca).read_text(), 0o644)
-    _write(hub_public_key_path(data_dir), answer["hub_key"], 0o644)
+        write_atomic(directory / HUB_CA_FILE, Path(ca).read_text(), 0o644)
+    write_atomic(hub_public_key_path(data_dir), answer["hub_key"], 0o644)
     saved = {
         # The URL given (not the one the hub saw): what this node reaches it by.
         "hub_url": base,
@@ -558,7 +550,7 @@ def join_hub(
         "accounts": answer["accounts"],
         "joined_at": _now(),
     }
-    _write(directory / JOIN_FILE, json.dumps(saved, indent=2) + "\n", 0o600)
+    write_atomic(directory / JOIN_FILE, json.dumps(saved, indent=2) + "\n", 0o600)
     return saved
 
 

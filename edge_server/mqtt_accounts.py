@@ -26,12 +26,12 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_server.files import write_atomic
 from pyedge import PyEdgeError
 from pyedge.config import NODE_ID_RE, SLUG_RE
 from pyedge.service import topic_root
@@ -271,7 +271,7 @@ def load_nodes(directory: Path) -> dict[str, dict[str, Any]]:
 def save_nodes(directory: Path, nodes: Mapping[str, Mapping[str, Any]]) -> None:
     """Write the joined nodes (0600, atomically)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(directory / NODES_FILE, json.dumps(nodes, indent=2, sort_keys=True) + "\n")
+    write_atomic(directory / NODES_FILE, json.dumps(nodes, indent=2, sort_keys=True) + "\n")
 
 
 def node_accounts(settings: Mapping[str, Any], services: Iterable[str]) -> list[AccountSpec]:
@@ -311,11 +311,11 @@ def ensure_accounts(
         ],
         "passwords": passwords,
     }
-    _write_private(store, json.dumps(content, indent=2) + "\n")
+    write_atomic(store, json.dumps(content, indent=2) + "\n")
     accounts = {spec.name: Account(spec, passwords[spec.name]) for spec in specs}
     result = BrokerAccounts(directory, root, accounts)
-    _write_private(result.passwd, "".join(_passwd_line(a) for a in accounts.values()))
-    _write_private(result.acl, acl_text(accounts.values(), store.resolve()))
+    write_atomic(result.passwd, "".join(_passwd_line(a) for a in accounts.values()))
+    write_atomic(result.acl, acl_text(accounts.values(), store.resolve()))
     if made:
         logger.info("made broker accounts %s in %s", ", ".join(made), store)
     return result
@@ -380,15 +380,3 @@ def _read_store(store: Path) -> dict[str, Any]:
             "passwords (every client must then be given its new one)"
         ) from exc
     return data
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `path` readable by its owner only, atomically (no half-written file)."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

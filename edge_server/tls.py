@@ -13,9 +13,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
-import os
 import socket
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge_server.files import write_atomic
 from pyedge import PyEdgeError
 from pyedge.config import LoadedConfig
 
@@ -220,7 +219,7 @@ def _generate(cert: Path, key: Path) -> x509.Certificate:
     cert.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The key first: a crash between the two leaves a mismatched pair, which the next
     # start replaces, never a new certificate beside an old key.
-    _write_atomic(
+    write_atomic(
         key,
         private_key.private_bytes(
             serialization.Encoding.PEM,
@@ -229,24 +228,8 @@ def _generate(cert: Path, key: Path) -> x509.Certificate:
         ),
         0o600,
     )
-    _write_atomic(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return certificate
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `path` through a temporary file in its directory, created with `mode`."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        # mkstemp creates the file 0600, so the key is never readable by others, even briefly.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _dns_names(hostname: str) -> list[str]:
