@@ -262,10 +262,20 @@ def test_a_served_service_announces_itself_and_the_hub_lists_it(
     assert entry["mode"] == "remote"
     assert entry["title"] == "Custom service"
     assert entry["url"] in ("/api/custom-service", f"/api/nodes/{served.node_id}/{SLUG}")
-    assert {(op["name"], op["kind"], op["state"]) for op in entry["ops"]} == {
-        ("sleep", "task", "idle"),
-        ("heartbeat", "process", "idle"),
-    }
+    # The sessions' states come in their own retained messages, maybe after the status.
+    states = wait_until(
+        lambda: (
+            {
+                (op["name"], op["kind"], op["state"])
+                for op in remote_entry(client, served.node_id)["ops"]
+            }
+            if all(op["state"] for op in remote_entry(client, served.node_id)["ops"])
+            else None
+        ),
+        10,
+        lambda: f"no session states: {remote_entry(client, served.node_id)}",
+    )
+    assert states == {("sleep", "task", "idle"), ("heartbeat", "process", "idle")}
 
     health = client.get("/api/health")
     assert health.status_code == 200  # the hub itself is fine
