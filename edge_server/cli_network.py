@@ -19,6 +19,12 @@ from pyedge import PyEdgeError
 
 EXIT_CONFIG = 2
 data_dir_option = click.option("--data-dir", help="data directory (EDGE_DATA_DIR, default ./data)")
+insecure_http_option = click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="allow a plain http:// hub beyond loopback: the token, the broker passwords and the "
+    "hub's key then cross the network in clear",
+)
 
 
 def _settings(ctx: click.Context, data_dir: str | None) -> Any:
@@ -46,6 +52,7 @@ def _token(ctx: click.Context) -> str | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="the hub's HTTPS certificate when it is self-signed (its data/tls/server.crt)",
 )
+@insecure_http_option
 @click.pass_context
 def join(
     ctx: click.Context,
@@ -54,10 +61,12 @@ def join(
     services: str | None,
     data_dir: str | None,
     ca: Path | None,
+    insecure_http: bool,
 ) -> None:
-    """Join the hub at HUB_URL; run the services with `pyedge serve SLUG` afterwards.
+    """Join the hub at HUB_URL (https://...); run the services with `pyedge serve SLUG` afterwards.
 
-    Joining again adds services and gives the same passwords.
+    Joining again adds services and gives the same passwords. A plain http:// HUB_URL is
+    refused, but on loopback, unless --insecure-http is given.
     """
     token = _token(ctx)
     if not token:
@@ -77,6 +86,7 @@ def join(
             slugs,
             platform.machine(),
             ca,
+            insecure_http=insecure_http,
         )
     except PyEdgeError as exc:
         click.echo(f"pyedge: {exc}", err=True)
@@ -94,12 +104,13 @@ def join(
 @click.option(
     "--force", is_flag=True, help="remove the files even if the hub cannot be told (unreachable)"
 )
+@insecure_http_option
 @click.pass_context
-def leave(ctx: click.Context, data_dir: str | None, force: bool) -> None:
+def leave(ctx: click.Context, data_dir: str | None, force: bool, insecure_http: bool) -> None:
     """Leave the hub: it revokes this node's broker accounts; the join files are removed."""
     settings = _settings(ctx, data_dir)
     try:
-        info = leave_hub(settings["EDGE_DATA_DIR"], _token(ctx), force)
+        info = leave_hub(settings["EDGE_DATA_DIR"], _token(ctx), force, insecure_http)
     except JoinError as exc:
         click.echo(f"pyedge: {exc}", err=True)
         if not force:

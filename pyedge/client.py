@@ -246,7 +246,9 @@ class Client(BaseClient):
         self._http.headers.update(
             {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         )
-        self._http.verify = verify
+        # Passed with every request too: requests lets REQUESTS_CA_BUNDLE override a
+        # Session's own `verify` (psf/requests#4726), and the caller's choice must win.
+        self.verify = verify
 
     def request(
         self,
@@ -269,6 +271,7 @@ class Client(BaseClient):
                 json=json_body,
                 params=query,
                 timeout=timeout or self.timeout,
+                verify=self.verify,
             )
             if response.status_code >= 400:
                 raise _http_error(response)

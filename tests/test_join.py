@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ import pytest
 from flask import Flask
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge_server import cli, create_app
-from edge_server.broker import Mosquitto, TlsListener
+import edge_server.join as node_side
+from edge_server import cli, create_app, join_views
+from edge_server.broker import Mosquitto, TlsListener, reload_broker
 from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.join import JoinError, joined_overrides, login_accepted
+from edge_server.join import JoinError, join_hub, joined_overrides, leave_hub
+from edge_server.join_views import login_accepted
 from edge_server.mqtt_accounts import load_accounts, load_nodes
 from edge_server.tls import ensure_certificate
 from pyedge import Bus
@@ -197,8 +200,9 @@ def test_leave_revokes_the_accounts_and_closes_their_connections(hub: Node, tmp_
     login = login_of(saved, SLUG)
     # What `pyedge serve` on n6 would publish: the hub lists the node from it.
     service = Publisher(hub.mqtt_port, login, f"n6-{uuid.uuid4().hex[:6]}")
+    # Another node's URL: not loopback, which the hub refuses of other nodes (TEST-NET-1).
     announce = {"slug": SLUG, "title": "Custom", "version": "1", "node": "n6",
-                "url": f"http://127.0.0.1:{free_port()}", "announced_at": "2026-01-01T00:00:00Z",
+                "url": "http://192.0.2.6:8101", "announced_at": "2026-01-01T00:00:00Z",
                 "ops": []}  # fmt: skip
     try:
         for topic, payload in [
@@ -346,3 +350,138 @@ def test_a_hub_refuses_joins_its_broker_cannot_serve(
 def test_the_join_routes_exist_on_hubs_only(app: Flask) -> None:
     client = authorized_client(app)
     assert client.post("/api/nodes/n9/join", json={"services": [SLUG]}).status_code in (404, 405)
+
+
+def test_a_join_answers_once_the_accounts_it_adds_work(
+    app_config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "hub"
+    directory = data_dir / "mosquitto"
+    port = free_port()
+    broker = Mosquitto(REPO_MQTT_CONFIG, directory, "0.0.0.0", port, broker_accounts(directory))
+    broker.start()
+    app = create_app({**app_config, "EDGE_ROLE": "hub", "EDGE_DATA_DIR": str(data_dir)})
+    late: list[threading.Timer] = []
+    try:
+        client = authorized_client(app)
+        assert client.post("/api/nodes/n10/join", json={"services": [SLUG]}).status_code == 200
+
+        def late_reload(directory: Path) -> None:
+            # A broker slow to reload: it gets the SIGHUP half a second late.
+            late.append(threading.Timer(0.5, reload_broker, (directory,)))
+            late[-1].start()
+
+        monkeypatch.setattr(join_views, "reload_broker", late_reload)
+        # Joining again with another service: the node's first account was valid already,
+        # only the new one shows that the broker took the change.
+        reply = client.post("/api/nodes/n10/join", json={"services": [OTHER]})
+        assert reply.status_code == 200, reply.json
+        assert late, "the broker was not told to reload"
+        assert sorted(reply.json["accounts"]) == [SLUG, OTHER]
+        for slug in (SLUG, OTHER):
+            assert login_accepted("127.0.0.1", port, **reply.json["accounts"][slug]) is True, slug
+    finally:
+        for timer in late:
+            timer.join()
+        app.extensions["pyedge"].close()
+        broker.stop()
+
+
+def saved_join(data_dir: Path, hub_url: str) -> Path:
+    """A join.json as `pyedge join` of `hub_url` leaves it; its path."""
+    network = data_dir / "network"
+    network.mkdir(parents=True, exist_ok=True)
+    saved = {"hub_url": hub_url, "node": "n11", "site": "",
+             "broker": {"host": "127.0.0.1", "port": 1883, "tls": False},
+             "accounts": {SLUG: {"username": f"{SLUG}@n11", "password": "p"}}}  # fmt: skip
+    path = network / "join.json"
+    path.write_text(json.dumps(saved))
+    return path
+
+
+def test_a_plain_http_hub_beyond_loopback_needs_insecure_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def hub_call(url: str, method: str, token: str, body: Any = None, ca: Any = None) -> Any:
+        calls.append((method, url))
+        return 204, None
+
+    monkeypatch.setattr(node_side, "hub_call", hub_call)
+    hub_url = "http://hub.example:8000"
+    args = ["--token", "t", "join", hub_url, "--node", "n11", "--services", SLUG,
+            "--data-dir", str(tmp_path)]  # fmt: skip
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    said = ["in clear", "admin token", "broker passwords", "hub's key", "`pyedge run --tls`",
+            "--ca", "data/tls/server.crt", "--insecure-http"]  # fmt: skip
+    assert [words for words in said if words not in err] == [], err
+    assert calls == [], "the token went to the hub"
+    # Asked for, it goes ahead (this fake hub then answers what no hub would).
+    assert cli.main([*args, "--insecure-http"]) == 1
+    assert calls == [("POST", f"{hub_url}/api/nodes/n11/join")]
+    # Loopback never leaves the machine: no flag needed.
+    for url in ("http://localhost:8000", "http://127.0.0.2:8000", "http://[::1]:8000"):
+        calls.clear()
+        assert cli.main(["--token", "t", "join", url, *args[4:]]) == 1
+        assert calls == [("POST", f"{url}/api/nodes/n11/join")], url
+    capsys.readouterr()
+
+    # Leaving a hub joined by plain HTTP: the same, the files kept until it is told.
+    path = saved_join(tmp_path, hub_url)
+    calls.clear()
+    leave = ["--token", "t", "leave", "--data-dir", str(tmp_path)]
+    assert cli.main(leave) == 1
+    err = capsys.readouterr().err
+    assert "in clear" in err and "pyedge leave --insecure-http" in err, err
+    assert calls == [] and path.exists()
+    assert cli.main([*leave, "--insecure-http"]) == 0
+    assert calls == [("DELETE", f"{hub_url}/api/nodes/n11")]
+    assert not path.exists()
+
+
+@pytest.fixture
+def redirecting() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """An HTTP server on loopback that redirects everything elsewhere; the requests it saw."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{server.server_port}/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_DELETE = answer  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_from_the_hub_is_never_followed(
+    tmp_path: Path, redirecting: tuple[str, list[tuple[str, str | None]]]
+) -> None:
+    url, seen = redirecting
+    with pytest.raises(JoinError, match=r"302.*/elsewhere: not followed") as raised:
+        join_hub(tmp_path, url, "secret", "n12", [SLUG], "x86_64")
+    assert "cannot reach" not in str(raised.value)
+    # Followed, the token would have gone along to the other URL.
+    assert seen == [("/api/nodes/n12/join", "Bearer secret")]
+    assert not (tmp_path / "network" / "join.json").exists()
+
+    path = saved_join(tmp_path, url)
+    with pytest.raises(JoinError, match=r"302.*/elsewhere: not followed"):
+        leave_hub(tmp_path, "secret")
+    assert seen[1:] == [("/api/nodes/n11", "Bearer secret")]
+    assert path.exists()

@@ -1,15 +1,17 @@
 """Network mode on one machine: a hub and three nodes, each in its own network namespace.
 
-The hub (`pyedge run`, EDGE_ROLE=hub, its broker's TLS listener on the bridge) runs in the
-root namespace; every node joins it with `pyedge join` and serves its services with
-`pyedge serve`, each on its own address. Everything is the real command line, a real
-Mosquitto and real HTTP across the namespaces.
+The hub (`pyedge run`, EDGE_ROLE=hub, HTTPS and its broker's TLS listener on the bridge)
+runs in the root namespace; every node joins it with `pyedge join https://... --ca` (the
+hub's self-signed certificate, which names the bridge's address) and serves its services
+with `pyedge serve`, each on its own address. Everything is the real command line, a real
+Mosquitto and real HTTP(S) across the namespaces.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -58,15 +60,26 @@ def eventually(check: Callable[[], T | None], timeout: float, what: str) -> T:
         time.sleep(0.2)
 
 
-def call(url: str, token: str | None, method: str = "GET", body: Any = None) -> tuple[int, Any]:
-    """An HTTP request with a JSON body; status and parsed JSON (errors included)."""
+def hub_context(cert: Path) -> ssl.SSLContext:
+    """What a client of the hub verifies its HTTPS with: the hub's self-signed certificate."""
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def call(
+    url: str,
+    token: str | None,
+    method: str = "GET",
+    body: Any = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
+    """An HTTP(S) request with a JSON body; status and parsed JSON (errors included)."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=15) as response:
+        with urllib.request.urlopen(request, timeout=15, context=context) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
@@ -74,7 +87,7 @@ def call(url: str, token: str | None, method: str = "GET", body: Any = None) -> 
 
 @dataclass
 class Hub:
-    """The hub's `pyedge run` in the root namespace."""
+    """The hub's `pyedge run` in the root namespace, serving HTTPS."""
 
     process: subprocess.Popen[str]
     url: str
@@ -82,9 +95,24 @@ class Hub:
     data_dir: Path
     log: Path
 
+    @property
+    def cert(self) -> Path:
+        """The self-signed certificate the hub generated (HTTPS and its broker's TLS)."""
+        return self.data_dir / "tls" / "server.crt"
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return hub_context(self.cert)
+
+    def call(
+        self, path: str, token: str | None, method: str = "GET", body: Any = None
+    ) -> tuple[int, Any]:
+        """A request to the hub, its certificate verified."""
+        return call(self.url + path, token, method, body, self.context)
+
     def get(self, path: str) -> tuple[int, Any]:
         """GET with the admin token."""
-        return call(self.url + path, self.token)
+        return self.call(path, self.token)
 
     def services(self) -> dict[tuple[str, str], dict[str, Any]]:
         """/api/services by (node, slug)."""
@@ -162,6 +190,8 @@ def hub(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
         EDGE_HTTP_HOST=site.hub_address,
         EDGE_HTTP_PORT=str(port),
+        # HTTPS: the token, the broker passwords and the hub's key cross the bridge.
+        EDGE_TLS="1",
         EDGE_MQTT_PORT=str(free_port()),
         EDGE_MQTT_TLS="1",
         EDGE_MQTT_TLS_BIND=site.hub_address,
@@ -174,10 +204,12 @@ def hub(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         process = subprocess.Popen(
             [PYEDGE, "run"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
         )
-    hub = Hub(process, f"http://{site.hub_address}:{port}", token, data_dir, log)
+    hub = Hub(process, f"https://{site.hub_address}:{port}", token, data_dir, log)
 
     def healthy() -> bool:
         assert process.poll() is None, tail(log)
+        if not hub.cert.exists():  # generated at the hub's first start
+            return False
         try:
             return hub.get("/api/health")[0] == 200
         except (urllib.error.URLError, ConnectionError):
@@ -218,6 +250,8 @@ def nodes(site: Site, hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 hub.token,
                 "join",
                 hub.url,
+                "--ca",
+                str(hub.cert),
                 "--node",
                 node_id,
                 "--services",
@@ -231,6 +265,8 @@ def nodes(site: Site, hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Ite
             timeout=60,
         )
         assert joined.returncode == 0, joined.stdout + joined.stderr
+        saved = json.loads((data_dir / "network" / "join.json").read_text())
+        assert saved["hub_url"] == hub.url and saved["broker"]["tls"] is True
         # A token of the node's own, for calling its services directly (not through the hub).
         store = AccountStore(data_dir / "accounts.db")
         node.tokens["direct"] = store.create_token("direct", Role.ADMIN)
@@ -273,7 +309,7 @@ def test_services_announce_and_appear_with_mode_and_node(hub: Hub, nodes: list[N
     request = urllib.request.Request(
         hub.url + "/", headers={"Authorization": f"Bearer {hub.token}"}
     )
-    with urllib.request.urlopen(request, timeout=15) as response:
+    with urllib.request.urlopen(request, timeout=15, context=hub.context) as response:
         page = response.read().decode()
     assert '<a href="/api/nodes/n3/device-service/ops">' in page
     assert "<td>n3 <small>(remote)</small></td>" in page
@@ -295,11 +331,11 @@ def test_json_is_proxied_with_the_callers_role(hub: Hub, nodes: list[Node]) -> N
     assert through_hub == direct[1]
 
     # An operation through the hub, with the hub's admin token forwarded as a signed caller.
-    start = f"{hub.url}/api/nodes/n2/custom-service/ops/sleep/start"
-    status, session = call(start, hub.token, "POST", {"seconds": 0.2})
+    start = "/api/nodes/n2/custom-service/ops/sleep/start"
+    status, session = hub.call(start, hub.token, "POST", {"seconds": 0.2})
     assert status == 202, session
-    status, done = call(
-        f"{hub.url}/api/nodes/n2/custom-service/ops/sleep/wait", hub.token, "POST", {"timeout": 10}
+    status, done = hub.call(
+        "/api/nodes/n2/custom-service/ops/sleep/wait", hub.token, "POST", {"timeout": 10}
     )
     assert (status, done["state"], done["success"]) == (200, "done", True)
 
@@ -307,18 +343,18 @@ def test_json_is_proxied_with_the_callers_role(hub: Hub, nodes: list[Node]) -> N
     store = AccountStore(hub.data_dir / "accounts.db")
     viewer = store.create_token(f"viewer-{time.monotonic_ns()}", Role.VIEWER)
     store.close()
-    assert call(f"{hub.url}/api/nodes/n2/custom-service/ops", viewer)[0] == 200
-    status, refused = call(start, viewer, "POST", {"seconds": 0.2})
+    assert hub.call("/api/nodes/n2/custom-service/ops", viewer)[0] == 200
+    status, refused = hub.call(start, viewer, "POST", {"seconds": 0.2})
     assert status == 403, refused
     # Without credentials the hub answers itself; a forged caller header gets nothing.
-    assert call(f"{hub.url}/api/nodes/n2/custom-service/ops", None)[0] == 401
+    assert hub.call("/api/nodes/n2/custom-service/ops", None)[0] == 401
 
 
 def test_server_sent_events_pass_through_unbuffered(hub: Hub, nodes: list[Node]) -> None:
     url = f"{hub.url}/api/nodes/n1/custom-service/ticks?count=3&interval=1"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {hub.token}"})
     arrivals = []
-    with urllib.request.urlopen(request, timeout=15) as response:
+    with urllib.request.urlopen(request, timeout=15, context=hub.context) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         for raw in response:
             line = raw.decode().strip()
@@ -365,7 +401,8 @@ def test_operations_over_mqtt_rpc(hub: Hub, nodes: list[Node], site: Site) -> No
 
 
 def test_blocking_client_over_http_through_the_hub(hub: Hub, nodes: list[Node]) -> None:
-    with Client(hub.url, hub.token) as client:
+    # Verified against the hub's own certificate, even where REQUESTS_CA_BUNDLE is set.
+    with Client(hub.url, hub.token, verify=str(hub.cert)) as client:
         op = client.service("custom-service", node="n1").op("sleep")
         session = op.start(seconds=0.1).wait(10)
     assert (session["state"], session["success"]) == ("done", True)
@@ -403,3 +440,18 @@ def test_a_node_cut_off_the_network_goes_offline_then_back(hub: Hub, nodes: list
         n3.host.cable(True)
     # paho reconnects by itself (backoff up to 30 s) and announces again.
     eventually(lambda: hub.services()[key]["health"]["status"] == "ok", 45, "n3 back online")
+
+
+def test_a_node_will_not_join_by_plain_http(hub: Hub, nodes: list[Node], tmp_path: Path) -> None:
+    # Beyond loopback the token, the broker passwords and the hub's key would cross the
+    # network in clear: refused before anything is sent, the flag says otherwise.
+    plain = hub.url.replace("https://", "http://", 1)
+    refused = subprocess.run(
+        ["ip", "netns", "exec", nodes[0].host.name, PYEDGE, "--token", hub.token, "join", plain,
+         "--node", "n9", "--services", "custom-service", "--data-dir", str(tmp_path)],
+        env=environment(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "in clear" in refused.stderr and "--insecure-http" in refused.stderr
+    assert not (tmp_path / "network").exists()
+    assert "n9" not in {row["node"] for row in hub.get("/api/nodes")[1]}
