@@ -12,10 +12,12 @@ from edge_server import auth_views, pages, remote_listener, views
 from edge_server.openapi_merge import MergedApi
 from edge_server.proxy import Proxy
 from edge_server.registry import configure
+from edge_server.tls import server_tls
 from pyedge import EdgeService, ServiceHost, __version__
 from pyedge.announce import default_advertise_url
 from pyedge.auth import Auth
 from pyedge.bus_config import mqtt_login
+from pyedge.config import LoadedConfig
 from pyedge.security import SECURITY_SCHEMES
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,14 @@ def advertise_url(settings: Mapping[str, Any]) -> str:
     return url or default_advertise_url(settings["EDGE_HTTP_PORT"], bool(settings["EDGE_TLS"]))
 
 
+def tls_fingerprint(settings: LoadedConfig) -> str | None:
+    """SHA-256 (hex) of the HTTPS certificate a process serving on its own presents."""
+    if not settings["EDGE_TLS"]:
+        return None
+    # Checked (or made) by `pyedge serve` before the worker started: this only reads it.
+    return server_tls(settings).fingerprint.replace(":", "").lower()
+
+
 def create_app(
     config: Mapping[str, Any] | None = None,
     services: Sequence[EdgeService] | None = None,
@@ -77,16 +87,19 @@ def create_app(
     api.register_blueprint(views.blp)
     api.register_blueprint(auth_views.blp)
     if settings["EDGE_ROLE"] == "hub":  # nodes join this hub (pyedge join)
-        from edge_server import join
+        from edge_server import join_views
 
-        api.register_blueprint(join.blp)
+        api.register_blueprint(join_views.blp)
     app.register_blueprint(pages.bp)
 
     slug = process_slug(settings, services)
     # Serving on its own (`pyedge serve`): its services are announced for the hubs.
     own = slug != PROCESS_SLUG
     host = ServiceHost(
-        services, process_slug=slug, advertise_url=advertise_url(settings) if own else None
+        services,
+        process_slug=slug,
+        advertise_url=advertise_url(settings) if own else None,
+        tls_fingerprint=tls_fingerprint(settings) if own else None,
     )
     host.close_hooks.append(auth.close)
     host.init_app(app, api)

@@ -3,13 +3,16 @@
 `<data>/network/hub.key` (PKCS8 PEM, owner-only) is made on the first start of a hub (or
 node) edge-server, with `<data>/network/hub.pub` beside it: services on the same device
 read that, and `pyedge join` copies it to other devices. pyedge.identity verifies.
+
+Every claim is for one request (method, path) to one service (`aud`: `<node>/<slug>`) and
+carries a nonce of its own (`jti`): no two are alike, so none is kept to be signed again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -31,11 +34,8 @@ from pyedge.identity import (
 logger = logging.getLogger(__name__)
 
 HUB_KEY = "hub.key"
-# Signatures kept per claim: Ed25519 signs deterministically, so a claim signed again
-# (every request to one path within the same second) gets the very same signature.
-SIGNED_CACHE = 256
-_signed: dict[tuple[int, str], tuple[Ed25519PrivateKey, str]] = {}
-_signed_lock = threading.Lock()
+# Random bytes in a claim's nonce (base64url: 22 characters).
+JTI_BYTES = 16
 
 
 def _public_pem(key: Ed25519PrivateKey) -> str:
@@ -118,32 +118,23 @@ def sign_caller(
     path: str,
     now: float | None = None,
     ttl: int = CALLER_TTL_S,
+    *,
+    audience: str | None = None,
 ) -> dict[str, str]:
-    """The headers that vouch for `identity` on one request (`method`, `path`) to a service."""
+    """The headers that vouch for `identity` on one request (`method`, `path`) to the
+    service `audience` (`<node>/<slug>`), good for one use."""
     moment = time.time() if now is None else now
-    value = encode_claims(
-        {
-            "name": identity.name,
-            "kind": identity.kind,
-            "role": identity.role.label,
-            "method": method.upper(),
-            "path": path,
-            "exp": int(moment) + ttl,
-        }
-    )
-    return {CALLER_HEADER: value, SIGNATURE_HEADER: _signature(key, value)}
-
-
-def _signature(key: Ed25519PrivateKey, value: str) -> str:
-    """key's signature of `value`, base64url; from the memo when it was signed before."""
-    entry = (id(key), value)
-    found = _signed.get(entry)
-    # The key object is kept with its entry, so that its id() cannot be reused.
-    if found is not None and found[0] is key:
-        return found[1]
+    claims: dict[str, str | int] = {
+        "name": identity.name,
+        "kind": identity.kind,
+        "role": identity.role.label,
+        "method": method.upper(),
+        "path": path,
+    }
+    if audience is not None:
+        claims["aud"] = audience
+    claims["jti"] = b64url_encode(secrets.token_bytes(JTI_BYTES))
+    claims["exp"] = int(moment) + ttl
+    value = encode_claims(claims)
     signature = b64url_encode(key.sign(value.encode("ascii")))
-    with _signed_lock:
-        if len(_signed) >= SIGNED_CACHE:
-            _signed.pop(next(iter(_signed)))
-        _signed[entry] = (key, signature)
-    return signature
+    return {CALLER_HEADER: value, SIGNATURE_HEADER: signature}

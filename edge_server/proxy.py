@@ -6,17 +6,24 @@ client's own credentials and sends the caller signed with its key instead
 (edge_server.identity), and the service enforces its own roles on that caller. Bodies are
 streamed both ways, never buffered, so that uploads stay bounded and events (SSE) arrive
 as they are sent.
+
+What comes back is the service's, not the hub's: it is sandboxed (CSP) and never sniffed,
+so that a page of a service cannot script the hub's origin, and an off-site Location is
+dropped. A request that another proxy forwarded is refused (508): announcing the hub's
+own URL must not make a loop, and dot segments are refused (404) before urllib3 could
+resolve them into another path of the service.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,9 +37,11 @@ from werkzeug.wrappers import Response as BaseResponse
 from edge_server.identity import hub_key, sign_caller
 from edge_server.remote import EXTENSION as REMOTE_EXTENSION
 from edge_server.remote import AmbiguousService, RemoteRegistry, RemoteService
+from edge_server.remote_http import tls_options
 from pyedge.accounts import Identity
 from pyedge.auth import current_auth
 from pyedge.host import EXTENSION as HOST_EXTENSION
+from pyedge.identity import CALLER_HEADER, SIGNATURE_HEADER
 from pyedge.security import READ_METHODS, Role, requires
 
 logger = logging.getLogger(__name__)
@@ -70,10 +79,37 @@ REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-host",
 }
 # A remote service's cookie would be set for the hub's origin: its sessions stay its own.
-RESPONSE_DROP = HOP_BY_HOP | {"set-cookie"}
+# Its CORS and framing policies would open the hub's origin (the hub sets its own), and
+# the hub's server adds its own Server and Date (they came out twice).
+RESPONSE_DROP = HOP_BY_HOP | {
+    "set-cookie",
+    "content-security-policy",
+    "content-security-policy-report-only",
+    "x-content-type-options",
+    "x-frame-options",
+    "server",
+    "date",
+}
+RESPONSE_DROP_PREFIXES = ("access-control-",)
+# On every proxied answer: whatever a service sends (HTML, SVG, ...) runs, if at all, in a
+# sandbox of its own origin, loads nothing, and is never framed nor read as another type.
+RESPONSE_SET = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+# What browsers ignore in a URL, or read as a slash, before they resolve it.
+URL_IGNORED = re.compile(r"[\t\n\r]")
+C0_AND_SPACE = "".join(map(chr, range(0x21)))
 PROXY_ENDPOINTS = frozenset({"proxy.by_slug", "proxy.by_node", "proxy.by_node_root"})
 
 bp = Blueprint("proxy", __name__)
+
+
+class LoopDetected(HTTPException):
+    """508: the request came from a proxy already (werkzeug has no exception for 508)."""
+
+    code = HTTPStatus.LOOP_DETECTED.value
+    description = "the request was forwarded by a proxy already"
 
 
 class BodyTooLarge(Exception):
@@ -176,6 +212,8 @@ class Proxy:
             ca_certs=DEFAULT_CA_BUNDLE_PATH,
         )
         app.register_blueprint(bp)
+        # First of all hooks: before Auth's, which would answer the loop 401 otherwise.
+        app.before_request_funcs.setdefault(None, []).insert(0, refuse_forwarded)
         app.extensions[EXTENSION] = self
 
     def close(self) -> None:
@@ -248,12 +286,19 @@ class Proxy:
         elif body is None and method not in ("GET", "HEAD"):
             headers["Content-Length"] = "0"  # as requests sent it: an empty body, said so
         # (A StreamedBody has no length: urllib3 sends it chunked.)
-        headers.update(sign_caller(self.key, identity, method, path))
+        headers.update(
+            sign_caller(self.key, identity, method, path, audience=f"{service.node}/{service.slug}")
+        )
         label = f"{method} {url}"
         try:
-            upstream = self.pools.urlopen(
+            # A service with a pinned certificate gets pools of its own (the pool key
+            # includes the TLS settings); the others are checked against the CAs.
+            pool = self.pools.connection_from_url(
+                url, pool_kwargs=tls_options(service.tls_fingerprint)
+            )
+            upstream = pool.urlopen(
                 method,
-                url,
+                urllib3.util.parse_url(url).request_uri,
                 body=body,
                 headers=headers,
                 preload_content=False,
@@ -337,19 +382,19 @@ class Proxy:
         """The client's response: the service's status and headers, its body streamed."""
         raw_headers = upstream.headers
         named = connection_tokens(raw_headers.get("Connection", ""))
-        headers = [
-            (name, value)
-            for name, value in raw_headers.items()
-            if not dropped(name, RESPONSE_DROP, named)
-        ]
-        if qualified or "Location" in raw_headers:
-            headers = [
-                (
-                    name,
-                    relocated(value, service, qualified) if name.lower() == "location" else value,
-                )
-                for name, value in headers
-            ]
+        headers = []
+        for name, value in raw_headers.items():
+            lower = name.lower()
+            if dropped(name, RESPONSE_DROP, named) or lower.startswith(RESPONSE_DROP_PREFIXES):
+                continue
+            if lower == "location":
+                moved = relocated(value, service, qualified)
+                if moved is None:
+                    logger.warning("%s: off-site Location %r dropped", label, value)
+                    continue
+                value = moved
+            headers.append((name, value))
+        headers.extend(RESPONSE_SET.items())
         status = upstream.status
         if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             # No body to pass on (the server would never iterate, and so never close it).
@@ -380,11 +425,19 @@ def dropped(name: str, drop: frozenset[str], named: frozenset[str]) -> bool:
     return lower in drop or lower in named
 
 
-def relocated(location: str, service: RemoteService, qualified: bool) -> str:
-    """A service's Location as the client reaches it, through this proxy."""
+def relocated(location: str, service: RemoteService, qualified: bool) -> str | None:
+    """A service's Location as the client reaches it, through this proxy; None when it
+    leads off-site (an absolute URL elsewhere: the hub's origin is no open redirect)."""
     base = service.url.rstrip("/")
     if location.startswith(base + "/"):
         location = location[len(base) :]
+    # As a browser reads it: leading controls and spaces stripped, tabs and newlines
+    # ignored, backslashes as slashes ("/\\evil.example" is "//evil.example").
+    seen = URL_IGNORED.sub("", location).lstrip(C0_AND_SPACE)
+    seen = seen.replace("\\", "/")
+    parts = urlsplit(seen)
+    if parts.scheme or parts.netloc or seen.startswith("//"):
+        return None
     prefix = f"/api/{service.slug}"
     if qualified and (location == prefix or location.startswith(prefix + "/")):
         location = f"/api/nodes/{service.node}/{service.slug}" + location[len(prefix) :]
@@ -407,6 +460,42 @@ def fail(status: HTTPStatus, message: str, **kwargs: Any) -> NoReturn:
     """Answer with the API's error envelope (flask-smorest's abort always raises)."""
     abort(status, message=message, **kwargs)
     raise AssertionError("abort returned")
+
+
+def refuse_forwarded() -> None:
+    """508 for a proxied path whose request another proxy sent: a hub or node announced as a
+    service (its own URL, or two that point at each other) would forward it on and on.
+
+    A proxy strips the client's credentials and sends X-PyEdge-Caller instead: a request
+    with that header and no credentials of its own came from one. (A client that sends the
+    header with its own token or session is served, the header stripped as any X-PyEdge-*.)
+    """
+    if request.endpoint not in PROXY_ENDPOINTS:
+        return
+    if CALLER_HEADER not in request.headers and SIGNATURE_HEADER not in request.headers:
+        return
+    if "Authorization" in request.headers:
+        return
+    if current_app.config["SESSION_COOKIE_NAME"] in request.cookies:
+        return
+    error = LoopDetected()
+    # Read by flask-smorest's handler, as its abort() leaves it: the API's envelope.
+    error.data = {  # type: ignore[attr-defined]
+        "message": f"{request.path} came from a proxy ({CALLER_HEADER}): a proxied "
+        "service must not be a proxy itself"
+    }
+    raise error
+
+
+def check_segments(rest: str) -> None:
+    """404 for a path with `.` or `..` segments, percent-encoded or not, which urllib3 (or
+    the service) would resolve to another path than the one the client named."""
+    decoded, previous = rest, None
+    while decoded != previous:  # %252e is %2e is .
+        previous, decoded = decoded, unquote(decoded)
+    segments = decoded.replace("\\", "/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        fail(HTTPStatus.NOT_FOUND, "'.' and '..' path segments are not forwarded")
 
 
 def not_routed(message: str | None = None) -> NoReturn:
@@ -436,6 +525,7 @@ def not_routed(message: str | None = None) -> NoReturn:
 @requires(Role.VIEWER)
 def by_slug(slug: str, rest: str) -> Response:
     """A remote service by its slug, on whichever node serves it."""
+    check_segments(rest)
     proxy = current_proxy()
     return proxy.forward(proxy.by_slug(slug), request.path, qualified=False)
 
@@ -444,6 +534,7 @@ def by_slug(slug: str, rest: str) -> Response:
 @requires(Role.VIEWER)
 def by_node(node: str, slug: str, rest: str) -> BaseResponse:
     """A remote service on a named node."""
+    check_segments(rest)
     proxy = current_proxy()
     found = proxy.by_node(node, slug, rest)
     if isinstance(found, BaseResponse):

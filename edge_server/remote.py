@@ -33,7 +33,7 @@ class AmbiguousService(LookupError):
         self.nodes = nodes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RemoteService:
     """A service serving on its own, as its last announcement and status describe it."""
 
@@ -45,8 +45,12 @@ class RemoteService:
     machine: str
     # The base URL the edge-server reaches it at; its API is under <url>/api/<slug>.
     url: str
-    openapi_url: str
+    # Always `<url>/api/openapi.json`, whatever is passed: never a URL a node names (an
+    # announcement's `openapi` must be exactly that, or the announcement is refused).
+    openapi_url: str = ""
     ops: tuple[Mapping[str, Any], ...]
+    # SHA-256 (hex) of its HTTPS certificate, pinned instead of a CA check when announced.
+    tls_fingerprint: str | None = None
     # When it announced (its own clock, as it said); a re-announce changes it.
     announced_at: str
     status: str = ONLINE
@@ -56,6 +60,9 @@ class RemoteService:
     last_seen: float = field(default_factory=time.monotonic)
     # time.monotonic() when it went offline; None while online.
     offline_since: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "openapi_url", f"{self.url.rstrip('/')}/api/openapi.json")
 
     @property
     def key(self) -> tuple[str, str]:

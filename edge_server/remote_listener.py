@@ -10,20 +10,24 @@ A service offline for longer than EDGE_REMOTE_GRACE is forgotten.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import marshmallow as ma
 import paho.mqtt.client as mqtt
-import requests
 from flask import Flask
 
 from edge_server.remote import EXTENSION, OFFLINE, ONLINE, RemoteRegistry, RemoteService
+from edge_server.remote_http import FetchError, fetch_json
 from pyedge import ServiceHost
 from pyedge.service import topic_root
 
@@ -34,6 +38,13 @@ ROLES_LISTENING = ("node", "hub")
 # Health checks run in a few threads, so that one hung service does not delay the others.
 CHECK_THREADS = 4
 MAX_CHECK_TIMEOUT_S = 3.0
+# A health report is small.
+MAX_HEALTH_BYTES = 64 * 1024
+# Statuses of services not announced (yet) are kept, up to this many (the oldest go).
+MAX_PENDING_STATUSES = 256
+# A host name's labels (underscores too: container names have them).
+LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+HOSTNAME = re.compile(rf"^{LABEL}(?:\.{LABEL})*\.?$")
 LIVE_OFFLINE = "status offline: stopped, or lost its broker connection"
 RETAINED_OFFLINE = "status offline (retained on the broker)"
 
@@ -62,10 +73,62 @@ class AnnouncementSchema(ma.Schema):
     description = ma.fields.String(load_default="")
     node = ma.fields.String(required=True)
     machine = ma.fields.String(load_default="")
-    url = ma.fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    # Checked by announced_url: it is where the edge-server will send requests.
+    url = ma.fields.String(required=True)
     openapi = ma.fields.String(load_default=None)
     ops = ma.fields.List(ma.fields.Nested(OpSchema), load_default=list)
     announced_at = ma.fields.String(required=True)
+    tls_fingerprint = ma.fields.String(
+        load_default=None, validate=ma.validate.Regexp(r"^[0-9a-f]{64}\Z")
+    )
+
+
+def _host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `host` spells, in any form the resolver takes (`127.1`, `0x7f000001`)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def announced_url(url: str, *, loopback_ok: bool) -> str:
+    """An announcement's base URL, without a trailing slash; ValueError saying why it is refused.
+
+    Only http(s), with a host, without userinfo, query or fragment, and no path but `/`.
+    A loopback or unspecified host (`localhost`, 127.0.0.0/8, ::1, 0.0.0.0, ::) only when
+    `loopback_ok`: a service of this edge-server's own node. A name that merely resolves to
+    such an address is not caught here.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"url {url!r} is not http(s)")
+    if "@" in parts.netloc:
+        raise ValueError(f"url {url!r} has userinfo")
+    if "?" in url or "#" in url:
+        raise ValueError(f"url {url!r} has a query or fragment")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"url {url!r} has a path: announce the base URL")
+    host = parts.hostname or ""
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"url {url!r}: {exc}") from None
+    address = _host_address(host)
+    if address is None and not HOSTNAME.match(host):
+        raise ValueError(f"url {url!r} has no valid host")
+    name = host.lower().rstrip(".")
+    loopback = name == "localhost" or name.endswith(".localhost")
+    if address is not None:
+        loopback = address.is_loopback or address.is_unspecified
+    if loopback and not loopback_ok:
+        raise ValueError(f"url {url!r} is a loopback or unspecified address of another node")
+    return f"{parts.scheme.lower()}://{parts.netloc}"
 
 
 class RemoteListener:
@@ -90,9 +153,10 @@ class RemoteListener:
         self.grace = grace
         self.timeout = min(MAX_CHECK_TIMEOUT_S, interval)
         self._lock = threading.Lock()
-        # The last status seen of every (node, slug), with why when offline: an
-        # announcement may come after its status (retained messages, a restart).
+        # The last status seen of every known (node, slug), with why when offline; and of
+        # those not announced yet (a few: an announcement may come after its status).
         self._statuses: dict[tuple[str, str], tuple[str, str]] = {}
+        self._pending: dict[tuple[str, str], tuple[str, str]] = {}
         # Services offline only because their health check failed (checked on, and back
         # online when it passes); those offline by their status wait for `online`.
         self._health_failed: set[tuple[str, str]] = set()
@@ -156,12 +220,19 @@ class RemoteListener:
         node, slug, _rest = parsed
         key = (node, slug)
         reason = "" if payload == ONLINE else RETAINED_OFFLINE if message.retain else LIVE_OFFLINE
+        known = self.registry.get(node, slug) is not None
         with self._lock:
-            self._statuses[key] = (payload, reason)
+            if known:
+                self._statuses[key] = (payload, reason)
+            else:
+                self._pending.pop(key, None)
+                self._pending[key] = (payload, reason)
+                while len(self._pending) > MAX_PENDING_STATUSES:
+                    del self._pending[next(iter(self._pending))]
             # Online: it reconnected; offline: its status says so, no health check needed.
             self._health_failed.discard(key)
             self._due.pop(key, None)
-        if self.registry.get(node, slug) is not None:
+        if known:
             self.registry.mark(node, slug, payload, reason)
 
     def _on_announce(self, message: mqtt.MQTTMessage) -> None:
@@ -179,13 +250,21 @@ class RemoteListener:
             data = AnnouncementSchema().load(json.loads(message.payload))
             if (data["node"], data["slug"]) != (node, slug):
                 raise ValueError(f"it names {data['node']}/{data['slug']}")
+            url = announced_url(data["url"], loopback_ok=node == self.host.node)
+            # Never fetched from: the document is always <url>/api/openapi.json.
+            openapi = data["openapi"]
+            allowed = {f"{base}/api/openapi.json" for base in (url, data["url"].rstrip("/"))}
+            if openapi is not None and openapi not in allowed:
+                raise ValueError(f"openapi {openapi!r} is not {url}/api/openapi.json")
         except (ValueError, ma.ValidationError) as exc:
             detail = exc.messages if isinstance(exc, ma.ValidationError) else exc
             logger.warning("ignoring a malformed announcement on %s: %s", message.topic, detail)
             return
-        url = data["url"].rstrip("/")
         with self._lock:
-            status, reason = self._statuses.get((node, slug), (ONLINE, ""))
+            status, reason = self._statuses.get((node, slug)) or self._pending.pop(
+                (node, slug), (ONLINE, "")
+            )
+            self._statuses[(node, slug)] = (status, reason)
             self._health_failed.discard((node, slug))
             self._due.pop((node, slug), None)
         old = self.registry.get(node, slug)
@@ -208,8 +287,8 @@ class RemoteListener:
                 description=data["description"],
                 machine=data["machine"],
                 url=url,
-                openapi_url=data["openapi"] or f"{url}/api/openapi.json",
                 ops=tuple(data["ops"]),
+                tls_fingerprint=data["tls_fingerprint"],
                 announced_at=data["announced_at"],
                 status=status,
                 reason=reason,
@@ -226,6 +305,9 @@ class RemoteListener:
         node, slug, (_ops, op) = parsed
         if node == self.host.node and slug in self.host.runtimes:
             return  # a local service: the host knows its sessions first hand
+        service = self.registry.get(node, slug)
+        if service is None or op not in {listed["name"] for listed in service.ops}:
+            return  # only the operations its announcement lists
         try:
             session = json.loads(message.payload)
             state = {"state": session["state"], "success": session.get("success")}
@@ -236,10 +318,21 @@ class RemoteListener:
 
     def _changed(self, old: RemoteService | None, new: RemoteService | None) -> None:
         if new is None and old is not None:
+            # Forgotten: nothing of it is kept.
             with self._lock:
-                for table in (self._due, self._reported):
-                    table.pop(old.key, None)
+                self._due.pop(old.key, None)
+                self._reported.pop(old.key, None)
+                self._ops.pop(old.key, None)
+                self._statuses.pop(old.key, None)
+                self._pending.pop(old.key, None)
                 self._health_failed.discard(old.key)
+        elif new is not None and (old is None or old.ops != new.ops):
+            listed = {op["name"] for op in new.ops}
+            with self._lock:
+                states = self._ops.get(new.key)
+                if states is not None:
+                    for op in [op for op in states if op not in listed]:
+                        del states[op]
 
     # -- what the views show -----------------------------------------------------------
 
@@ -318,18 +411,18 @@ class RemoteListener:
         """None when `<url>/api/health` answers for this node and service; else why not."""
         url = f"{service.url}/api/health"
         try:
-            response = requests.get(url, timeout=self.timeout)
-        except requests.Timeout:
-            return f"no answer from {url} within {self.timeout:g} s"
-        except requests.ConnectionError as exc:
-            return f"cannot connect to {url} ({_root_cause(exc)})"
-        except requests.RequestException as exc:
-            return f"{url}: {exc}"
-        # 503 is a degraded but living service: it stays online, degraded.
-        if response.status_code not in (200, 503):
-            return f"{url} answered HTTP {response.status_code}"
+            # 503 is a degraded but living service: it stays online, degraded.
+            report = fetch_json(
+                url,
+                headers={"Accept": "application/json"},
+                deadline_s=self.timeout,
+                max_bytes=MAX_HEALTH_BYTES,
+                accept=(200, 503),
+                fingerprint=service.tls_fingerprint,
+            )
+        except FetchError as exc:
+            return str(exc)
         try:
-            report = response.json()
             node, own = report["node"], report["services"].get(service.slug)
         except (ValueError, TypeError, KeyError, AttributeError):
             return f"{url} did not answer with a PyEdge health report"
@@ -341,13 +434,6 @@ class RemoteListener:
                 "detail": str(own.get("detail", "")),
             }
         return None
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost reason of a requests error (e.g. `[Errno 111] Connection refused`)."""
-    while exc.__context__ is not None:
-        exc = exc.__context__
-    return str(exc) or type(exc).__name__
 
 
 def init_app(app: Flask, host: ServiceHost) -> RemoteRegistry:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import abort
 
@@ -102,14 +102,17 @@ class Health(MethodView):
     def get(self) -> tuple[dict[str, Any], int]:
         """Report the node's health: 200 when ok, 503 when degraded.
 
-        Remote services are listed, but an offline one does not degrade this node.
+        Remote services are listed (`remote`) to an authenticated caller only: their
+        nodes, slugs and failure reasons (with internal URLs) are not for anyone. An
+        offline one does not degrade this node.
         """
         report = host().health()
-        listener = listener_of(current_app)
-        report["remote"] = [
-            {"node": s.node, "slug": s.slug, **remote_health(s, listener)}
-            for s in registry().services()
-        ]
+        if g.get("identity") is not None:
+            listener = listener_of(current_app)
+            report["remote"] = [
+                {"node": s.node, "slug": s.slug, **remote_health(s, listener)}
+                for s in registry().services()
+            ]
         status = HTTPStatus.OK if report["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
         return report, status
 

@@ -27,11 +27,18 @@ def default_advertise_url(port: int, tls: bool = False) -> str:
     return f"{'https' if tls else 'http'}://{socket.gethostname()}:{port}"
 
 
-def announcement(runtime: ServiceRuntime, url: str) -> dict[str, Any]:
-    """The announce message of a service served at the base URL `url`."""
+def announcement(
+    runtime: ServiceRuntime, url: str, tls_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """The announce message of a service served at the base URL `url`.
+
+    `tls_fingerprint` (SHA-256 of the HTTPS certificate, hex) lets an edge-server check a
+    self-signed certificate by pinning it: the announcement comes from the service's own
+    broker account, which no other node can write with.
+    """
     service = runtime.service
     base = url.rstrip("/")
-    return {
+    message = {
         "slug": service.slug,
         "title": service.title,
         "version": service.version,
@@ -51,14 +58,20 @@ def announcement(runtime: ServiceRuntime, url: str) -> dict[str, Any]:
         ],
         "announced_at": utc_now(),
     }
+    if tls_fingerprint is not None:
+        message["tls_fingerprint"] = tls_fingerprint
+    return message
 
 
 class Announcer:
     """Publishes the announcement of each of `runtimes` on every connect of their bus."""
 
-    def __init__(self, runtimes: Iterable[ServiceRuntime], url: str) -> None:
+    def __init__(
+        self, runtimes: Iterable[ServiceRuntime], url: str, tls_fingerprint: str | None = None
+    ) -> None:
         self.runtimes = list(runtimes)
         self.url = url.rstrip("/")
+        self.tls_fingerprint = tls_fingerprint
 
     def start(self) -> None:
         """Announce on every (re)connect from now on (call before the bus connects)."""
@@ -68,6 +81,8 @@ class Announcer:
     def announce(self, runtime: ServiceRuntime) -> None:
         """Publish `runtime`'s announcement, retained."""
         runtime.bus.publish_json(
-            runtime.topic(ANNOUNCE), announcement(runtime, self.url), retain=True
+            runtime.topic(ANNOUNCE),
+            announcement(runtime, self.url, self.tls_fingerprint),
+            retain=True,
         )
         logger.info("announced %s at %s", runtime.slug, self.url)

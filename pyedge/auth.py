@@ -7,7 +7,8 @@ be forgotten: one without a declaration needs `viewer` to read and `admin` to ch
 Cookie sessions also need a CSRF token on every unsafe request (a token is not sent by a
 browser on its own, so token requests need none). Every change is written to the audit
 log; failed logins are rate-limited per client. A request proxied by the hub carries its
-caller signed by the hub (pyedge.identity), trusted when this node holds the hub's key.
+caller signed by the hub (pyedge.identity), trusted by a process serving its services on
+its own (`pyedge serve`) when it holds the hub's key.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from flask_smorest import abort
 
 from pyedge.accounts import AccountError, AccountStore, Identity
 from pyedge.errors import PyEdgeError
+from pyedge.host import EXTENSION as HOST_EXTENSION
+from pyedge.host import ServiceHost
 from pyedge.identity import (
     CALLER_HEADER,
     SIGNATURE_HEADER,
     CallerRefused,
     HubKey,
+    audiences,
     check_caller,
 )
 from pyedge.security import READ_METHODS, Role, view_role
@@ -55,6 +59,9 @@ VERIFY_WAIT_S = 10.0
 # Answered with a redirect to the login page instead of 401: pages for people.
 PAGE_BLUEPRINT = "pages"
 PAGE_ENDPOINTS = frozenset({"api-docs.openapi_swagger_ui"})
+# Refused forwarded callers are logged at most once in this many seconds (anyone can send
+# the header); the others are counted, and logged at DEBUG.
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class LoginRefused(PyEdgeError):
@@ -124,6 +131,37 @@ class LoginLimiter:
         return failures
 
 
+class RefusalLog:
+    """Warnings about refused forwarded callers, at most one per interval; the rest counted."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def refused(self, message: str, *args: Any) -> None:
+        """Log one refusal: a warning, unless one was logged within the interval."""
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.interval:
+                self._skipped += 1
+                skipped = -1
+            else:
+                skipped, self._skipped, self._last = self._skipped, 0, now
+        if skipped < 0:
+            logger.debug(message, *args)
+        elif skipped:
+            logger.warning(
+                "%s (and %d more refused in the last %.0f s)",
+                message % args,
+                skipped,
+                self.interval,
+            )
+        else:
+            logger.warning(message, *args)
+
+
 class Auth:
     """Authentication, roles, CSRF and the audit log for one app."""
 
@@ -131,6 +169,7 @@ class Auth:
         self.store: AccountStore | None = None
         self.limiter = LoginLimiter()
         self.hub_key: HubKey | None = None
+        self.refusals = RefusalLog()
 
     def init_app(self, app: Flask) -> None:
         """Open the accounts in the data dir and guard every request of `app`."""
@@ -188,16 +227,37 @@ class Auth:
         return store.user(name)
 
     def forwarded_caller(self) -> Identity | None:
-        """The caller the hub signed for this request, if this node trusts a hub and it verifies."""
+        """The caller the hub signed for this request, if this process serves its services on
+        its own, trusts a hub, and the claim verifies and is meant for one of its services."""
+        host: ServiceHost | None = current_app.extensions.get(HOST_EXTENSION)
+        client = request.remote_addr
+        if host is None or not host.serves_alone:
+            # An edge-server signs forwarded callers; it never takes one (its hub.pub may
+            # be its own key, or a joined hub's).
+            self.refusals.refused(
+                "%s from %s ignored: only a service served on its own takes forwarded callers",
+                CALLER_HEADER,
+                client,
+            )
+            return None
         key = self.hub_key.get() if self.hub_key is not None else None
         if key is None:
-            logger.warning("%s ignored: this node trusts no hub (no hub.pub)", CALLER_HEADER)
+            self.refusals.refused(
+                "%s from %s ignored: this node trusts no hub (no hub.pub)", CALLER_HEADER, client
+            )
             return None
         signed = {name: request.headers.get(name, "") for name in (CALLER_HEADER, SIGNATURE_HEADER)}
+        path = request.path
         try:
-            identity = check_caller(key, signed, request.method, request.path)
+            identity = check_caller(
+                key,
+                signed,
+                request.method,
+                path,
+                audience=audiences(path, host.node, host.runtimes),
+            )
         except CallerRefused as exc:
-            logger.warning("%s from %s ignored: %s", CALLER_HEADER, request.remote_addr, exc)
+            self.refusals.refused("%s from %s ignored: %s", CALLER_HEADER, client, exc)
             return None
         # Not a browser session: the hub checked its CSRF token, if it had one.
         g.forwarded = True

@@ -86,12 +86,15 @@ class ServiceHost:
         services: Sequence[EdgeService],
         process_slug: str,
         advertise_url: str | None = None,
+        tls_fingerprint: str | None = None,
     ) -> None:
         self.services = list(services)
         self.process_slug = process_slug
         # Set when the process serves its services on its own: they are announced (on
         # every connect) as reachable at this base URL.
         self.advertise_url = advertise_url
+        # SHA-256 (hex) of its HTTPS certificate, announced so that it can be pinned.
+        self.tls_fingerprint = tls_fingerprint
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.node = ""
         self.bus: Bus | None = None
@@ -99,6 +102,13 @@ class ServiceHost:
         self._closed = False
         # Run after the services stop (e.g. the app's account store closing).
         self.close_hooks: list[Callable[[], None]] = []
+
+    @property
+    def serves_alone(self) -> bool:
+        """True when the process serves its services on its own (`pyedge serve`), announced
+        for the hubs: the only kind a hub proxies to, so the only kind that takes the callers
+        a hub forwards (an edge-server, which signs them, never does)."""
+        return self.advertise_url is not None
 
     def init_app(self, app: Flask, api: Api) -> None:
         """Register every service's blueprint and create its runtime from app.config."""
@@ -122,7 +132,7 @@ class ServiceHost:
         assert self.bus is not None, "init_app first"
         if self.advertise_url is not None:
             # Before the bus connects, so that the first connect announces too.
-            Announcer(self.runtimes.values(), self.advertise_url).start()
+            Announcer(self.runtimes.values(), self.advertise_url, self.tls_fingerprint).start()
         self.bus.start()
         for runtime in self.runtimes.values():
             runtime.start()

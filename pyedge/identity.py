@@ -1,22 +1,25 @@
 """Forwarded callers: the identity a hub vouches for when it proxies a request to a service.
 
 The hub signs `X-PyEdge-Caller` (base64url of compact JSON: name, kind, role, method, path,
-exp) with its Ed25519 key and sends the signature in `X-PyEdge-Caller-Signature`. A service
-that holds the hub's public key (`<data>/network/hub.pub`) trusts the caller only when the
-signature verifies, the claim is bound to this request's method and path, and it expires
-soon (a captured header is worth nothing elsewhere and little later).
+aud, jti, exp) with its Ed25519 key and sends the signature in `X-PyEdge-Caller-Signature`.
+A service that holds the hub's public key (`<data>/network/hub.pub`) trusts the caller only
+when the signature verifies, the claim is bound to this request's method and path and to
+this process's service (`aud`: `<node>/<slug>`), it was not used before (`jti`, a nonce
+remembered until it expires) and it expires soon: a captured header is worth nothing
+elsewhere, nothing a second time, and nothing later.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,11 @@ from pyedge.errors import PyEdgeError
 from pyedge.security import Role
 
 logger = logging.getLogger(__name__)
+
+
+class CallerRefused(PyEdgeError):
+    """A forwarded caller that must not be trusted, with why."""
+
 
 CALLER_HEADER = "X-PyEdge-Caller"
 SIGNATURE_HEADER = "X-PyEdge-Caller-Signature"
@@ -43,39 +51,43 @@ NETWORK_DIR = "network"
 HUB_PUBLIC_KEY = "hub.pub"
 
 
-# Verified (key, value, signature) triples kept: the hub signs the same claim for every
-# request to one path within a second, and a verification costs more than the rest of
-# the check. A hit means the very same bytes verified before under the very same key;
-# the claims (expiry, method, path) are still checked on every request.
-VERIFIED_CACHE = 256
+# The process-wide document (its OpenAPI), not under any one service's /api/<slug>: a
+# caller for it must still name one of the services served here.
+DOCUMENT_PATH = "/api/openapi.json"
+# Nonces remembered at once at most (each until its claim expires, MAX_AHEAD_S at most):
+# 1000 forwarded requests a second, more than a served process answers.
+REPLAY_CACHE = 60_000
+JTI_MIN, JTI_MAX = 16, 64
 
 
-class _Verified:
-    """A small, thread-safe memo of signatures that verified."""
+class ReplayCache:
+    """The nonces (`jti`) of the forwarded callers this process accepted, until they expire."""
 
-    def __init__(self, size: int = VERIFIED_CACHE) -> None:
+    def __init__(self, size: int = REPLAY_CACHE) -> None:
         self.size = size
-        self._seen: dict[tuple[int, str, str], Ed25519PublicKey] = {}
+        self._seen: set[str] = set()
+        self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
-    def verify(self, public_key: Ed25519PublicKey, signature: str, value: str) -> None:
-        """Verify `signature` of `value` (InvalidSignature or a decoding error if bad)."""
-        entry = (id(public_key), signature, value)
-        # The key object is kept with its entry, so that its id() cannot be reused.
-        if self._seen.get(entry) is public_key:
-            return
-        public_key.verify(b64url_decode(signature), value.encode("ascii"))
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def use(self, jti: str, exp: float, now: float) -> None:
+        """Take `jti` (valid until `exp`) for one request; CallerRefused if it was taken before."""
         with self._lock:
+            expiries = self._expiries
+            while expiries and expiries[0][0] < now:
+                self._seen.discard(heapq.heappop(expiries)[1])
+            if jti in self._seen:
+                raise CallerRefused("replayed: this caller was used before")
             if len(self._seen) >= self.size:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen[entry] = public_key
+                # Forgetting one unexpired nonce would let it be replayed: refuse instead.
+                raise CallerRefused("too many forwarded callers at once")
+            self._seen.add(jti)
+            heapq.heappush(expiries, (exp, jti))
 
 
-_verified = _Verified()
-
-
-class CallerRefused(PyEdgeError):
-    """A forwarded caller that must not be trusted, with why."""
+_replays = ReplayCache()
 
 
 def b64url_encode(data: bytes) -> str:
@@ -110,14 +122,36 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+def audiences(path: str, node: str, slugs: Collection[str]) -> frozenset[str]:
+    """The audiences (`<node>/<slug>`) a forwarded caller of `path` may be signed for here.
+
+    A path under `/api/<slug>` of a service served here belongs to that service; the
+    process's own document to any of them; any other path (the process's accounts, its
+    health) to none: no forwarded caller reaches it.
+    """
+    if path == DOCUMENT_PATH:
+        return frozenset(f"{node}/{slug}" for slug in slugs)
+    parts = path.split("/", 3)
+    if len(parts) >= 3 and parts[0] == "" and parts[1] == "api" and parts[2] in slugs:
+        return frozenset({f"{node}/{parts[2]}"})
+    return frozenset()
+
+
 def check_caller(
     public_key: Ed25519PublicKey,
     headers: Mapping[str, str],
     method: str,
     path: str,
+    *,
+    audience: Collection[str],
     now: float | None = None,
+    replays: ReplayCache | None = None,
 ) -> Identity:
-    """The forwarded caller of a request; CallerRefused saying why it is not to be trusted."""
+    """The forwarded caller of a request; CallerRefused saying why it is not to be trusted.
+
+    `audience`: what the claim's `aud` may be here (audiences()). The claim's nonce is
+    taken in `replays` (the process's) once everything else checked out.
+    """
     value = headers.get(CALLER_HEADER)
     signature = headers.get(SIGNATURE_HEADER)
     if not value:
@@ -125,7 +159,7 @@ def check_caller(
     if not signature:
         raise CallerRefused(f"{CALLER_HEADER} without {SIGNATURE_HEADER}")
     try:
-        _verified.verify(public_key, signature, value)
+        public_key.verify(b64url_decode(signature), value.encode("ascii"))
     except (InvalidSignature, UnicodeEncodeError) as exc:
         raise CallerRefused("bad signature") from exc
     # Signed by the hub from here on: what is checked next is that it is meant for this.
@@ -136,7 +170,7 @@ def check_caller(
     if not isinstance(claims, dict):
         raise CallerRefused("not a JSON object")
     name, kind, role = claims.get("name"), claims.get("kind"), claims.get("role")
-    exp = claims.get("exp")
+    exp, jti, aud = claims.get("exp"), claims.get("jti"), claims.get("aud")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise CallerRefused("no expiry")
     moment = time.time() if now is None else now
@@ -148,6 +182,12 @@ def check_caller(
         raise CallerRefused(f"signed for {claims.get('method')}, not {method.upper()}")
     if claims.get("path") != path:
         raise CallerRefused(f"signed for {claims.get('path')!r}, not {path!r}")
+    if not isinstance(aud, str) or aud not in audience:
+        raise CallerRefused(
+            f"signed for {aud!r}, not for a service here ({', '.join(sorted(audience)) or 'none'})"
+        )
+    if not isinstance(jti, str) or not JTI_MIN <= len(jti) <= JTI_MAX:
+        raise CallerRefused("no nonce (jti)")
     if kind not in KINDS:
         raise CallerRefused(f"bad kind {kind!r}")
     if not isinstance(name, str) or not isinstance(role, str):
@@ -157,6 +197,8 @@ def check_caller(
         parsed = Role.parse(role)
     except (AccountError, ValueError) as exc:
         raise CallerRefused(str(exc)) from exc
+    # Last: a claim refused for another reason does not take its nonce.
+    (_replays if replays is None else replays).use(jti, exp, moment)
     return Identity(name=f"{name}{HUB_SUFFIX}", role=parsed, kind=str(kind))
 
 
@@ -165,11 +207,17 @@ def verify_caller(
     headers: Mapping[str, str],
     method: str,
     path: str,
+    *,
+    audience: Collection[str],
     now: float | None = None,
+    replays: ReplayCache | None = None,
 ) -> Identity | None:
-    """The forwarded caller of a request, or None when it is missing, forged or stale."""
+    """The forwarded caller of a request, or None when it is missing, forged, stale, meant
+    for another service or used before."""
     try:
-        return check_caller(public_key, headers, method, path, now)
+        return check_caller(
+            public_key, headers, method, path, audience=audience, now=now, replays=replays
+        )
     except CallerRefused:
         return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.identity import (
     CALLER_HEADER,
     SIGNATURE_HEADER,
+    ReplayCache,
+    audiences,
     b64url_decode,
     b64url_encode,
     encode_claims,
@@ -29,9 +32,28 @@ from pyedge.identity import (
     verify_caller,
 )
 from pyedge.security import Role
+from tests.conftest import Broker
 
 ALICE = Identity(name="alice", role=Role.OPERATOR, kind="user")
 PATH = "/api/custom-service/ops/sleep/start"
+AUD = "n1/custom-service"
+HERE = frozenset({AUD})
+
+
+def sign(key: Ed25519PrivateKey, method: str, path: str, **kwargs: Any) -> dict[str, str]:
+    """ALICE signed for `method` `path` on custom-service of node n1 (unless told otherwise)."""
+    kwargs.setdefault("audience", AUD)
+    return sign_caller(key, ALICE, method, path, **kwargs)
+
+
+def verify(
+    key: Ed25519PrivateKey, headers: dict[str, str], method: str, path: str, **kw: Any
+) -> Identity | None:
+    """verify_caller on custom-service of node n1, with a replay cache of this call's own
+    (unless told otherwise): the unit tests check one thing at a time."""
+    kw.setdefault("audience", HERE)
+    kw.setdefault("replays", ReplayCache())
+    return verify_caller(key.public_key(), headers, method, path, **kw)
 
 
 @pytest.fixture
@@ -40,47 +62,97 @@ def key() -> Ed25519PrivateKey:
 
 
 def test_a_signed_caller_verifies(key: Ed25519PrivateKey) -> None:
-    headers = sign_caller(key, ALICE, "post", PATH)
-    identity = verify_caller(key.public_key(), headers, "POST", PATH)
+    headers = sign(key, "post", PATH)
+    identity = verify(key, headers, "POST", PATH)
     assert identity == Identity(name="alice@hub", role=Role.OPERATOR, kind="user")
     assert identity.actor == "user:alice@hub"
     claims = json.loads(b64url_decode(headers[CALLER_HEADER]))
-    assert claims["method"] == "POST" and claims["path"] == PATH
+    assert list(claims) == ["name", "kind", "role", "method", "path", "aud", "jti", "exp"]
+    assert claims["method"] == "POST" and claims["path"] == PATH and claims["aud"] == AUD
     assert time.time() < claims["exp"] <= time.time() + 60
+    # Every claim has a nonce of its own.
+    again = json.loads(b64url_decode(sign(key, "post", PATH)[CALLER_HEADER]))
+    assert len(claims["jti"]) >= 16 and again["jti"] != claims["jti"]
 
 
 def test_a_forged_caller_is_refused(key: Ed25519PrivateKey) -> None:
-    headers = sign_caller(key, ALICE, "POST", PATH)
+    headers = sign(key, "POST", PATH)
     claims = json.loads(b64url_decode(headers[CALLER_HEADER]))
-    # The same signature over a caller made admin.
+    # The same signature over a caller made admin, or sent to another service.
     forged = {**headers, CALLER_HEADER: encode_claims({**claims, "role": "admin"})}
-    assert verify_caller(key.public_key(), forged, "POST", PATH) is None
+    assert verify(key, forged, "POST", PATH) is None
+    moved = {**headers, CALLER_HEADER: encode_claims({**claims, "aud": "n2/custom-service"})}
+    assert verify(key, moved, "POST", PATH, audience={"n2/custom-service"}) is None
     unsigned = {CALLER_HEADER: headers[CALLER_HEADER]}
-    assert verify_caller(key.public_key(), unsigned, "POST", PATH) is None
+    assert verify(key, unsigned, "POST", PATH) is None
     garbage = {**headers, SIGNATURE_HEADER: "not*base64"}
-    assert verify_caller(key.public_key(), garbage, "POST", PATH) is None
+    assert verify(key, garbage, "POST", PATH) is None
 
 
 def test_an_expired_or_far_off_caller_is_refused(key: Ed25519PrivateKey) -> None:
-    old = sign_caller(key, ALICE, "POST", PATH, now=time.time() - 120)
-    assert verify_caller(key.public_key(), old, "POST", PATH) is None
-    far = sign_caller(key, ALICE, "POST", PATH, ttl=3600)
-    assert verify_caller(key.public_key(), far, "POST", PATH) is None
-    soon = sign_caller(key, ALICE, "POST", PATH, ttl=5)
-    assert verify_caller(key.public_key(), soon, "POST", PATH) is not None
-    assert verify_caller(key.public_key(), soon, "POST", PATH, now=time.time() + 6) is None
+    old = sign(key, "POST", PATH, now=time.time() - 120)
+    assert verify(key, old, "POST", PATH) is None
+    far = sign(key, "POST", PATH, ttl=3600)
+    assert verify(key, far, "POST", PATH) is None
+    soon = sign(key, "POST", PATH, ttl=5)
+    assert verify(key, soon, "POST", PATH) is not None
+    assert verify(key, soon, "POST", PATH, now=time.time() + 6) is None
 
 
 def test_a_caller_is_bound_to_its_method_and_path(key: Ed25519PrivateKey) -> None:
-    headers = sign_caller(key, ALICE, "GET", "/api/custom-service/ops")
-    assert verify_caller(key.public_key(), headers, "GET", "/api/custom-service/ops")
-    assert verify_caller(key.public_key(), headers, "POST", "/api/custom-service/ops") is None
-    assert verify_caller(key.public_key(), headers, "GET", "/api/custom-service/hello") is None
+    headers = sign(key, "GET", "/api/custom-service/ops")
+    assert verify(key, headers, "GET", "/api/custom-service/ops")
+    assert verify(key, headers, "POST", "/api/custom-service/ops") is None
+    assert verify(key, headers, "GET", "/api/custom-service/hello") is None
+
+
+def test_a_caller_is_bound_to_its_node_and_service(key: Ed25519PrivateKey) -> None:
+    ops = "/api/custom-service/ops"
+    here = audiences(ops, "n1", ["custom-service", "other-service"])
+    assert here == {"n1/custom-service"}
+    assert verify(key, sign(key, "GET", ops), "GET", ops, audience=here)
+    # Made for the same slug on another node, for another service, or for no service.
+    for audience in ("n2/custom-service", "n1/other-service", "n1", ""):
+        headers = sign(key, "GET", ops, audience=audience)
+        assert verify(key, headers, "GET", ops, audience=here) is None, audience
+    assert verify(key, sign(key, "GET", ops, audience=None), "GET", ops, audience=here) is None
+    # A path of no service served here (the process's accounts, another slug) has none.
+    assert audiences("/api/auth/tokens", "n1", ["custom-service"]) == frozenset()
+    assert audiences("/api/custom-servicex/ops", "n1", ["custom-service"]) == frozenset()
+    assert audiences("/api/custom-service", "n1", ["custom-service"]) == {"n1/custom-service"}
+    tokens = sign(key, "GET", "/api/auth/tokens")
+    assert verify(key, tokens, "GET", "/api/auth/tokens", audience=frozenset()) is None
+    # The process's own document belongs to every service it serves.
+    doc = "/api/openapi.json"
+    assert audiences(doc, "n1", ["custom-service"]) == {"n1/custom-service"}
+    assert verify(key, sign(key, "GET", doc), "GET", doc, audience={"n1/custom-service"})
+    assert verify(key, sign(key, "GET", doc), "GET", doc, audience=frozenset()) is None
+
+
+def test_a_caller_is_good_for_one_request(key: Ed25519PrivateKey) -> None:
+    replays = ReplayCache()
+    headers = sign(key, "POST", PATH)
+    assert verify(key, headers, "POST", PATH, replays=replays) is not None
+    assert verify(key, headers, "POST", PATH, replays=replays) is None
+    # A claim refused for another reason does not spend its nonce.
+    other = sign(key, "POST", PATH)
+    assert verify(key, other, "GET", PATH, replays=replays) is None
+    assert verify(key, other, "POST", PATH, replays=replays) is not None
+    # Nonces are forgotten once their claims expired: the cache stays small.
+    later = sign(key, "POST", PATH, now=time.time() + 40)
+    assert verify(key, later, "POST", PATH, replays=replays, now=time.time() + 40)
+    assert len(replays) == 1
+    # Without a nonce, nothing is trusted.
+    claims = json.loads(b64url_decode(headers[CALLER_HEADER]))
+    del claims["jti"]
+    value = encode_claims(claims)
+    bare = {CALLER_HEADER: value, SIGNATURE_HEADER: b64url_encode(key.sign(value.encode()))}
+    assert verify(key, bare, "POST", PATH) is None
 
 
 def test_another_key_is_refused(key: Ed25519PrivateKey) -> None:
-    headers = sign_caller(Ed25519PrivateKey.generate(), ALICE, "POST", PATH)
-    assert verify_caller(key.public_key(), headers, "POST", PATH) is None
+    headers = sign(Ed25519PrivateKey.generate(), "POST", PATH)
+    assert verify(key, headers, "POST", PATH) is None
 
 
 def test_bad_claims_are_refused(key: Ed25519PrivateKey) -> None:
@@ -94,9 +166,11 @@ def test_bad_claims_are_refused(key: Ed25519PrivateKey) -> None:
         "role": "viewer",
         "method": "GET",
         "path": "/x",
+        "aud": AUD,
+        "jti": "n" * 22,
         "exp": int(time.time()) + 30,
     }
-    assert verify_caller(key.public_key(), signed(good), "GET", "/x") is not None
+    assert verify(key, signed(good), "GET", "/x") is not None
     for bad in (
         {"role": "public"},
         {"role": "root"},
@@ -104,8 +178,11 @@ def test_bad_claims_are_refused(key: Ed25519PrivateKey) -> None:
         {"name": "no spaces"},
         {"exp": "soon"},
         {"exp": True},
+        {"aud": ["n1/custom-service"]},
+        {"jti": 12345678901234567890},
+        {"jti": "short"},
     ):
-        assert verify_caller(key.public_key(), signed({**good, **bad}), "GET", "/x") is None, bad
+        assert verify(key, signed({**good, **bad}), "GET", "/x") is None, bad
 
 
 def test_the_hub_key_is_made_once_owner_only(tmp_path: Path) -> None:
@@ -143,30 +220,48 @@ def hub_private(tmp_path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def served_config(app_config: dict[str, Any], broker: Broker) -> dict[str, Any]:
+    """custom-service served on its own, logged in with its own account (`pyedge serve`)."""
+    login = broker.login("custom-service")
+    return {
+        **app_config,
+        "EDGE_MQTT_USERNAME": login["username"],
+        "EDGE_MQTT_PASSWORD": login["password"],
+        "EDGE_ADVERTISE_URL": "http://127.0.0.1:9",
+    }
+
+
 @pytest.fixture
-def trusting_app(app_config: dict[str, Any], hub_private: Ed25519PrivateKey) -> Iterator[Flask]:
-    app = create_app(app_config)
+def trusting_app(
+    app_config: dict[str, Any], broker: Broker, hub_private: Ed25519PrivateKey
+) -> Iterator[Flask]:
+    app = create_app(served_config(app_config, broker))
+    assert app.extensions["pyedge"].serves_alone
     yield app
     app.extensions["pyedge"].close()
 
 
-def forwarded(key: Ed25519PrivateKey, role: Role, method: str, path: str) -> dict[str, str]:
-    return sign_caller(key, Identity(name="alice", role=role, kind="user"), method, path)
+def forwarded(
+    key: Ed25519PrivateKey, role: Role, method: str, path: str, audience: str
+) -> dict[str, str]:
+    identity = Identity(name="alice", role=role, kind="user")
+    return sign_caller(key, identity, method, path, audience=audience)
 
 
 def test_a_service_trusts_the_hubs_caller_and_enforces_its_role(
-    trusting_app: Flask, hub_private: Ed25519PrivateKey
+    trusting_app: Flask, hub_private: Ed25519PrivateKey, node_id: str
 ) -> None:
     client = trusting_app.test_client()
+    aud = f"{node_id}/custom-service"
     ops = "/api/custom-service/ops"
-    response = client.get(ops, headers=forwarded(hub_private, Role.VIEWER, "GET", ops))
+    response = client.get(ops, headers=forwarded(hub_private, Role.VIEWER, "GET", ops, aud))
     assert response.status_code == 200, response.json
-    as_viewer = forwarded(hub_private, Role.VIEWER, "POST", PATH)
+    as_viewer = forwarded(hub_private, Role.VIEWER, "POST", PATH, aud)
     response = client.post(PATH, json={"seconds": 0.1}, headers=as_viewer)
     assert response.status_code == 403
     assert "alice@hub is viewer" in response.json["message"]
     # An operator: no CSRF token asked for, though it is a user (the hub checked it).
-    as_operator = forwarded(hub_private, Role.OPERATOR, "POST", PATH)
+    as_operator = forwarded(hub_private, Role.OPERATOR, "POST", PATH, aud)
     response = client.post(PATH, json={"seconds": 0.1}, headers=as_operator)
     assert response.status_code == 202, response.json
     auth = trusting_app.extensions[AUTH_EXTENSION]
@@ -175,32 +270,112 @@ def test_a_service_trusts_the_hubs_caller_and_enforces_its_role(
 
 
 def test_a_service_refuses_forged_or_misplaced_callers(
-    trusting_app: Flask, hub_private: Ed25519PrivateKey
+    trusting_app: Flask, hub_private: Ed25519PrivateKey, node_id: str
 ) -> None:
     client = trusting_app.test_client()
+    aud = f"{node_id}/custom-service"
     ops = "/api/custom-service/ops"
-    forger = forwarded(Ed25519PrivateKey.generate(), Role.ADMIN, "GET", ops)
+    forger = forwarded(Ed25519PrivateKey.generate(), Role.ADMIN, "GET", ops, aud)
     assert client.get(ops, headers=forger).status_code == 401
-    elsewhere = forwarded(hub_private, Role.ADMIN, "GET", "/api/custom-service/hello")
+    elsewhere = forwarded(hub_private, Role.ADMIN, "GET", "/api/custom-service/hello", aud)
     assert client.get(ops, headers=elsewhere).status_code == 401
-    unsigned = {CALLER_HEADER: forwarded(hub_private, Role.ADMIN, "GET", ops)[CALLER_HEADER]}
+    unsigned = {CALLER_HEADER: forwarded(hub_private, Role.ADMIN, "GET", ops, aud)[CALLER_HEADER]}
     assert client.get(ops, headers=unsigned).status_code == 401
 
 
-def test_no_hub_key_no_trust_until_it_comes(
-    app_config: dict[str, Any], tmp_path: Path, key: Ed25519PrivateKey
+def test_a_caller_for_another_node_or_path_or_a_second_time_is_refused(
+    trusting_app: Flask, hub_private: Ed25519PrivateKey, node_id: str
 ) -> None:
+    client = trusting_app.test_client()
+    aud = f"{node_id}/custom-service"
+    ops = "/api/custom-service/ops"
+    # What the hub signed for the same service on another node (which may replay it here).
+    other_node = forwarded(hub_private, Role.ADMIN, "GET", ops, "other-node/custom-service")
+    assert client.get(ops, headers=other_node).status_code == 401
+    # A path of the process that is no service's: its accounts.
+    tokens = "/api/auth/tokens"
+    assert (
+        client.get(
+            tokens, headers=forwarded(hub_private, Role.ADMIN, "GET", tokens, aud)
+        ).status_code
+        == 401
+    )
+    # Once, not twice: a captured caller cannot be sent again with another body.
+    once = forwarded(hub_private, Role.OPERATOR, "POST", PATH, aud)
+    assert client.post(PATH, json={"seconds": 0.1}, headers=once).status_code == 202
+    again = client.post(PATH, json={"seconds": 30}, headers=once)
+    assert again.status_code == 401, again.json
+    # The process's document belongs to the service it serves; a caller for no service
+    # (no aud) is refused there as anywhere.
+    doc = "/api/openapi.json"
+    as_viewer = forwarded(hub_private, Role.VIEWER, "GET", doc, aud)
+    assert client.get(doc, headers=as_viewer).status_code == 200
+    unnamed = sign_caller(hub_private, Identity("alice", Role.VIEWER, "user"), "GET", doc)
+    assert client.get(doc, headers=unnamed).status_code == 401
+
+
+def test_an_edge_server_takes_no_forwarded_caller(
+    app_config: dict[str, Any], hub_private: Ed25519PrivateKey, node_id: str
+) -> None:
+    # The hub's own in-process service, or a node's: its data dir holds hub.pub, but it is
+    # the proxy that signs, never a service that is proxied to.
     app = create_app(app_config)
     try:
+        assert not app.extensions["pyedge"].serves_alone
         client = app.test_client()
+        aud = f"{node_id}/custom-service"
         ops = "/api/custom-service/ops"
-        assert client.get(ops, headers=forwarded(key, Role.VIEWER, "GET", ops)).status_code == 401
+        response = client.get(ops, headers=forwarded(hub_private, Role.ADMIN, "GET", ops, aud))
+        assert response.status_code == 401
+        response = client.post(
+            PATH,
+            json={"seconds": 0.1},
+            headers=forwarded(hub_private, Role.OPERATOR, "POST", PATH, aud),
+        )
+        assert response.status_code == 401
+    finally:
+        app.extensions["pyedge"].close()
+
+
+def test_refused_callers_are_logged_once_a_minute(
+    trusting_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone can send the header: a flood of them must not flood the log.
+    client = trusting_app.test_client()
+    ops = "/api/custom-service/ops"
+    with caplog.at_level(logging.DEBUG, logger="pyedge.auth"):
+        for _ in range(20):
+            response = client.get(ops, headers={CALLER_HEADER: "bogus", SIGNATURE_HEADER: "x"})
+            assert response.status_code == 401
+    refused = [r for r in caplog.records if CALLER_HEADER in r.getMessage()]
+    assert [r.levelno for r in refused].count(logging.WARNING) == 1
+    assert len(refused) == 20
+    # A minute on, one more warning, which counts what it did not say.
+    auth = trusting_app.extensions[AUTH_EXTENSION]
+    auth.refusals._last -= 61
+    caplog.clear()
+    client.get(ops, headers={CALLER_HEADER: "bogus", SIGNATURE_HEADER: "x"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "19 more refused" in warnings[0], warnings
+
+
+def test_no_hub_key_no_trust_until_it_comes(
+    app_config: dict[str, Any], broker: Broker, key: Ed25519PrivateKey, node_id: str
+) -> None:
+    app = create_app(served_config(app_config, broker))
+    try:
+        client = app.test_client()
+        aud = f"{node_id}/custom-service"
+        ops = "/api/custom-service/ops"
+        headers = forwarded(key, Role.VIEWER, "GET", ops, aud)
+        assert client.get(ops, headers=headers).status_code == 401
         # `pyedge join` writes hub.pub while the service runs.
         public = hub_public_key_path(Path(app_config["EDGE_DATA_DIR"]))
         public.parent.mkdir(parents=True, exist_ok=True)
         public.write_bytes(
             key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
         )
-        assert client.get(ops, headers=forwarded(key, Role.VIEWER, "GET", ops)).status_code == 200
+        headers = forwarded(key, Role.VIEWER, "GET", ops, aud)
+        assert client.get(ops, headers=headers).status_code == 200
     finally:
         app.extensions["pyedge"].close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +19,8 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from flask import Flask
 from flask.testing import FlaskClient
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,6 +36,21 @@ SLUG = "custom-service"
 KEEPALIVE = 5
 
 
+def lan_address() -> str:
+    """This machine's address on its network: an edge-server refuses another node's loopback."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("198.51.100.1", 9))  # no packet is sent: only the route is looked up
+        address = str(probe.getsockname()[0])
+    except OSError:
+        address = ""
+    finally:
+        probe.close()
+    if not address or address.startswith("127.") or address == "0.0.0.0":
+        pytest.skip("no non-loopback IPv4 address to serve on")
+    return address
+
+
 @dataclass
 class Served:
     """A running `pyedge serve custom-service`."""
@@ -41,10 +60,11 @@ class Served:
     node_id: str
     data_dir: Path
     log: Path
+    host: str
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -58,7 +78,13 @@ class Served:
 
 
 def serve_process(
-    data_dir: Path, node_id: str, port: int, broker: Broker, log: IO[bytes]
+    data_dir: Path,
+    node_id: str,
+    port: int,
+    broker: Broker,
+    log: IO[bytes],
+    host: str = "127.0.0.1",
+    tls: bool = False,
 ) -> subprocess.Popen[bytes]:
     """`pyedge serve custom-service` on the session broker, in a process group of its own."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
@@ -67,11 +93,12 @@ def serve_process(
         EDGE_MQTT_HOST=broker.host,
         EDGE_MQTT_PORT=str(broker.port),
         EDGE_MQTT_KEEPALIVE=str(KEEPALIVE),
-        EDGE_HTTP_HOST="127.0.0.1",
+        EDGE_HTTP_HOST=host,
         EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
     )
     args = ["serve", SLUG, "--port", str(port), "--data-dir", str(data_dir)]
-    args += ["--advertise-url", f"http://127.0.0.1:{port}"]
+    args += ["--advertise-url", f"{'https' if tls else 'http'}://{host}:{port}"]
+    args += ["--tls"] if tls else []
     return subprocess.Popen(
         [PYEDGE, *args], env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -85,15 +112,18 @@ def start_served(broker: Broker, tmp_path: Path, node_id: str | None = None) -> 
     node_id = node_id or f"served-{uuid.uuid4().hex[:8]}"
     log = data_dir / "serve.log"
     port = free_port()
+    host = lan_address()
     with log.open("ab") as out:
-        process = serve_process(data_dir, node_id, port, broker, out)
-    return Served(process, port, node_id, data_dir, log)
+        process = serve_process(data_dir, node_id, port, broker, out, host)
+    return Served(process, port, node_id, data_dir, log, host)
 
 
 def restart(served: Served, broker: Broker) -> None:
     """Start the same service again: same node id, port and data dir."""
     with served.log.open("ab") as out:
-        served.process = serve_process(served.data_dir, served.node_id, served.port, broker, out)
+        served.process = serve_process(
+            served.data_dir, served.node_id, served.port, broker, out, served.host
+        )
 
 
 def wait_ready(served: Served, timeout: float = 15) -> None:
@@ -342,9 +372,12 @@ def test_a_new_hub_rebuilds_the_tree_and_grace_forgets(
         client = authorized_client(forgetful)
         wait_status(client, served.node_id, "ok", timeout=5)  # from the retained messages
 
-        stop(served)
+        # Watched while it stops: its shutdown may outlast the grace (a request in flight,
+        # the hub's own document fetch included, keeps gunicorn a while).
+        os.killpg(served.process.pid, signal.SIGTERM)
         wait_status(client, served.node_id, "offline", timeout=5)
         wait_until(lambda: remote_entry(client, served.node_id) is None, 5)
+        stop(served)
     finally:
         forgetful.extensions["pyedge"].close()
     # The long-grace hub still lists it; a new one rebuilds it offline from the broker.
@@ -383,6 +416,7 @@ def test_local_wins_malformed_is_ignored_and_shared_slugs_get_node_urls(
     node, other = f"hub-{uuid.uuid4().hex[:8]}", f"far-{uuid.uuid4().hex[:8]}"
     app = make_hub(broker, tmp_path, node_id=node, services=[custom])
     closed_port = free_port()
+    host = lan_address()
 
     def announcement(at: str, slug: str = SLUG) -> str:
         return json.dumps(
@@ -393,8 +427,8 @@ def test_local_wins_malformed_is_ignored_and_shared_slugs_get_node_urls(
                 "description": "",
                 "node": at,
                 "machine": "riscv64",
-                "url": f"http://127.0.0.1:{closed_port}",
-                "openapi": f"http://127.0.0.1:{closed_port}/api/openapi.json",
+                "url": f"http://{host}:{closed_port}",
+                "openapi": f"http://{host}:{closed_port}/api/openapi.json",
                 "ops": [{"name": "sleep", "kind": "task", "role": "operator", "description": ""}],
                 "announced_at": "2026-11-23T12:00:00.000Z",
             }
@@ -414,7 +448,20 @@ def test_local_wins_malformed_is_ignored_and_shared_slugs_get_node_urls(
             publish(broker, topics[3], announcement(other, slug="someone-else"))
             client = authorized_client(app)
             far = wait_until(lambda: remote_entry(client, other), 5)
-            wait_until(lambda: len([r for r in caplog.records if "malformed" in r.message]) == 2, 5)
+            # Only this test's: the session broker may hold other tests' retained messages.
+            wait_until(
+                lambda: (
+                    len(
+                        [
+                            r
+                            for r in caplog.records
+                            if f"malformed announcement on pyedge/{other}/" in r.getMessage()
+                        ]
+                    )
+                    == 2
+                ),
+                5,
+            )
         tree = [(s["node"], s["slug"], s["mode"]) for s in client.get("/api/services").json]
         assert (node, SLUG, "local") in tree
         assert (node, SLUG, "remote") not in tree  # local wins
@@ -452,3 +499,38 @@ def test_serve_without_a_broker_login_names_the_setting(tmp_path: Path, broker: 
     assert process.wait(30) == 2
     output = (tmp_path / "out.log").read_text()
     assert "EDGE_MQTT_CREDENTIALS" in output and "no broker login for custom-service" in output
+
+
+def test_a_service_serving_https_with_its_own_certificate_is_pinned(
+    broker: Broker, hub: Flask, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "tls-serve"
+    (data_dir / "mosquitto").mkdir(parents=True)
+    shutil.copy(broker.accounts.directory / "accounts.json", data_dir / "mosquitto")
+    # The hub's public key, as `pyedge join` would fetch it: the service trusts its callers.
+    (data_dir / "network").mkdir()
+    shutil.copy(Path(hub.config["EDGE_DATA_DIR"]) / "network" / "hub.pub", data_dir / "network")
+    node_id, port, host = f"served-{uuid.uuid4().hex[:8]}", free_port(), lan_address()
+    with (data_dir / "serve.log").open("ab") as out:
+        process = serve_process(data_dir, node_id, port, broker, out, host, tls=True)
+    served = Served(process, port, node_id, data_dir, data_dir / "serve.log", host)
+    try:
+        # A self-signed certificate, which no CA vouches for: the hub checks it by the
+        # fingerprint the service announced from its own broker account.
+        client = authorized_client(hub)
+        entry = wait_status(client, node_id, "ok", timeout=20)
+        assert entry["mode"] == "remote"
+        remote = hub.extensions["pyedge.remote"].get(node_id, SLUG)
+        cert = x509.load_pem_x509_certificate((data_dir / "tls" / "server.crt").read_bytes())
+        assert remote.tls_fingerprint == cert.fingerprint(hashes.SHA256()).hex()
+        hello = client.get(f"/api/nodes/{node_id}/{SLUG}/hello?name=tls")
+        assert hello.status_code == 200, hello.json
+        assert hello.json["node"] == node_id
+        # Another certificate than the one announced is refused: nothing is sent to it.
+        registry = hub.extensions["pyedge.remote"]
+        registry.put(dataclasses.replace(remote, tls_fingerprint="0" * 64))
+        assert client.get(f"/api/nodes/{node_id}/{SLUG}/hello").status_code == 502
+    finally:
+        stop(served)
+        base = f"pyedge/{node_id}/{SLUG}"
+        clear_retained(broker, f"{base}/announce", f"{base}/status")

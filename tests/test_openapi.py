@@ -148,8 +148,16 @@ def widget(node: str) -> RemoteService:
     )
 
 
+LOCAL_BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "local"}
+
+
 def local_document() -> dict[str, Any]:
-    return {"openapi": "3.0.3", "info": {"title": "PyEdge", "version": "1"}, "paths": {}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "PyEdge", "version": "1"},
+        "paths": {},
+        "components": {"securitySchemes": {"bearerAuth": dict(LOCAL_BEARER)}},
+    }
 
 
 def test_a_remote_document_is_merged_under_prefixed_names() -> None:
@@ -170,7 +178,9 @@ def test_a_remote_document_is_merged_under_prefixed_names() -> None:
     assert set(components["schemas"]) == {"widget.Item", "widget.Part", "widget.Error"}
     part = components["schemas"]["widget.Item"]["properties"]["part"]
     assert part == {"$ref": "#/components/schemas/widget.Part"}
-    assert set(components["securitySchemes"]) == {"bearerAuth"}
+    # The security schemes are this document's own, never a remote one's.
+    assert components["securitySchemes"] == {"bearerAuth": LOCAL_BEARER}
+    assert get["security"] == [{"bearerAuth": []}]
     assert merged["tags"] == [{"name": "widget", "description": "Widgets"}]
 
 

@@ -1,13 +1,15 @@
 """The hub's reverse proxy to remote services, and the merged OpenAPI document.
 
-A "remote" service is a second app serving a test service on a real HTTP server, trusting
-the hub's key; the hub is a third app (EDGE_ROLE=hub), also on a real server, whose
-registry the tests fill themselves (the MQTT listener is not under test here).
+A "remote" service is a second app serving a test service on its own (logged in with the
+service's own account, as `pyedge serve`) on a real HTTP server, trusting the hub's key;
+the hub is a third app (EDGE_ROLE=hub), also on a real server, whose registry the tests
+fill themselves (the MQTT listener is not under test here).
 """
 
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import shutil
 import threading
@@ -24,14 +26,21 @@ from openapi_spec_validator import validate
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge_server import create_app
-from edge_server.identity import hub_key
+from edge_server.broker import Mosquitto
+from edge_server.config import REPO_MQTT_CONFIG
+from edge_server.identity import hub_key, sign_caller
+from edge_server.mqtt_accounts import ANY_NODE, ensure_accounts, plan_accounts
+from edge_server.proxy import relocated
+from edge_server.registry import installed_services
 from edge_server.remote import EXTENSION as REMOTE_EXTENSION
 from edge_server.remote import OFFLINE, RemoteRegistry, RemoteService
 from pyedge import EdgeService, Session
+from pyedge.accounts import Identity
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
-from pyedge.identity import CALLER_HEADER, hub_public_key_path
+from pyedge.identity import CALLER_HEADER, SIGNATURE_HEADER, hub_public_key_path
 from pyedge.security import Role, requires
-from tests.conftest import authorize, free_port
+from pyedge.service import topic_root
+from tests.conftest import Broker, authorize, free_port
 
 SLUG = "proxy-probe"
 EVENT_PAUSE_S = 0.6
@@ -109,8 +118,27 @@ def slow() -> dict[str, str]:
 
 @blp.route("/moved")
 def moved() -> Response:
-    """Send the client to the echo."""
-    return Response(status=302, headers={"Location": f"/api/{SLUG}/echo"})
+    """Send the client to the echo, or where ?to= says."""
+    return Response(status=302, headers={"Location": request.args.get("to", f"/api/{SLUG}/echo")})
+
+
+@blp.route("/page")
+@requires(Role.VIEWER)
+def page() -> Response:
+    """A page with a script, the policies that would let it out, and the server's headers."""
+    return Response(
+        "<script>fetch('/api/auth/tokens', {method: 'POST'})</script>",
+        mimetype="text/html",
+        headers={
+            "Content-Security-Policy": "default-src *",
+            "Content-Security-Policy-Report-Only": "default-src *",
+            "X-Content-Type-Options": "sniff-away",
+            "X-Frame-Options": "ALLOWALL",
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Credentials": "true",
+            "X-Echo": "yes",
+        },
+    )
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -142,28 +170,67 @@ def hub_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def probe_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker that also has the probe's own account, as a hub makes one for a node."""
+    directory = tmp_path_factory.mktemp("probe-mosquitto")
+    root = topic_root()
+    specs = plan_accounts(root=root, node=ANY_NODE, services=[*installed_services(), SLUG])
+    accounts = ensure_accounts(directory, specs, root)
+    mosquitto = Mosquitto(REPO_MQTT_CONFIG, directory, "127.0.0.1", free_port(), accounts)
+    mosquitto.start()
+    yield Broker("127.0.0.1", mosquitto.port, accounts)
+    mosquitto.stop()
+
+
+RemoteFactory = Callable[[str], Served]
+
+
 @pytest.fixture
-def remote(
-    app_config: dict[str, Any], hub_dir: Path, tmp_path: Path, node_id: str
-) -> Iterator[Served]:
-    """The remote service's own process, on node `<node_id>-r`, trusting the hub."""
-    data = tmp_path / "remote"
-    hub_public_key_path(data).parent.mkdir(parents=True)
-    shutil.copy(hub_public_key_path(hub_dir), hub_public_key_path(data))
-    app = create_app(
-        {**app_config, "EDGE_NODE_ID": f"{node_id}-r", "EDGE_DATA_DIR": str(data)},
-        services=[probe],
-    )
-    app.config["openapi_fetches"] = 0
+def make_remote(
+    app_config: dict[str, Any], probe_broker: Broker, hub_dir: Path, tmp_path: Path
+) -> Iterator[RemoteFactory]:
+    """The remote service's own processes, each on a node of the test's choice, trusting the
+    hub: served on its own (its own account), the only kind that takes forwarded callers."""
+    remotes: list[Served] = []
 
-    @app.before_request
-    def count_fetches() -> None:
-        if request.path == "/api/openapi.json":
-            app.config["openapi_fetches"] += 1
+    def make(node: str) -> Served:
+        data = tmp_path / f"remote-{node}"
+        hub_public_key_path(data).parent.mkdir(parents=True)
+        shutil.copy(hub_public_key_path(hub_dir), hub_public_key_path(data))
+        login = probe_broker.login(SLUG)
+        app = create_app(
+            {
+                **app_config,
+                "EDGE_MQTT_HOST": probe_broker.host,
+                "EDGE_MQTT_PORT": probe_broker.port,
+                "EDGE_MQTT_USERNAME": login["username"],
+                "EDGE_MQTT_PASSWORD": login["password"],
+                "EDGE_NODE_ID": node,
+                "EDGE_DATA_DIR": str(data),
+            },
+            services=[probe],
+        )
+        assert app.extensions["pyedge"].serves_alone
+        app.config["openapi_fetches"] = 0
 
-    served = serve(app)
-    yield served
-    stop(served)
+        @app.before_request
+        def count_fetches() -> None:
+            if request.path == "/api/openapi.json":
+                app.config["openapi_fetches"] += 1
+
+        remotes.append(serve(app))
+        return remotes[-1]
+
+    yield make
+    for served in remotes:
+        stop(served)
+
+
+@pytest.fixture
+def remote(make_remote: RemoteFactory, node_id: str) -> Served:
+    """The remote service on node `<node_id>-r`."""
+    return make_remote(f"{node_id}-r")
 
 
 HubFactory = Callable[..., Served]
@@ -417,6 +484,200 @@ def test_a_slow_upstream_is_504(make_hub: HubFactory, remote: Served, node_id: s
     assert time.monotonic() - began < 2.5
 
 
+# --- what a service (or a node) must not be able to do through the hub ----------------------
+
+
+def signed_headers(seen: dict[str, str]) -> dict[str, str]:
+    """The forwarded caller among the headers a service received."""
+    return {
+        k: v
+        for k, v in seen.items()
+        if k.lower() in (CALLER_HEADER.lower(), SIGNATURE_HEADER.lower())
+    }
+
+
+def test_a_forwarded_caller_is_good_for_one_request_to_one_service(
+    make_hub: HubFactory, make_remote: RemoteFactory, node_id: str
+) -> None:
+    hub = make_hub()
+    remote = make_remote(f"{node_id}-r")
+    other = make_remote("other-node")
+    announce(hub, remote.url, f"{node_id}-r")
+    announce(hub, other.url, "other-node")
+    operator = client(hub, Role.OPERATOR)
+    # What a node sees of a proxied request (the echo shows it).
+    answer = operator.post(f"{hub.url}/api/nodes/other-node/{SLUG}/echo", json={"harmless": 1})
+    assert answer.status_code == 200, answer.text
+    stolen = signed_headers(answer.json()["headers"])
+    assert len(stolen) == 2
+    # Sent again to the same service, to the same slug on another node, or to the hub's
+    # own in-process service (an edge-server, which takes no forwarded caller at all).
+    again = requests.post(f"{other.url}/api/{SLUG}/echo", headers=stolen, json={"evil": 1})
+    assert again.status_code == 401, again.text
+    elsewhere = requests.post(f"{remote.url}/api/{SLUG}/echo", headers=stolen, json={"evil": 1})
+    assert elsewhere.status_code == 401, elsewhere.text
+    start = operator.post(f"{hub.url}/api/nodes/other-node/{SLUG}/ops/work/start", json={})
+    assert start.status_code == 202, start.text
+    seen = other.app.extensions[AUTH_EXTENSION].accounts.audit_log(1)[0]
+    assert seen["actor"].endswith("@hub") and seen["status"] == 202
+    # What node other-node captured when the hub proxied its custom-service, and the same
+    # for this very node: the hub's in-process custom-service takes neither.
+    own = "/api/custom-service/hello"
+    for audience in ("other-node/custom-service", f"{node_id}/custom-service"):
+        captured = sign_for(hub, "GET", own, audience)
+        assert requests.get(f"{hub.url}{own}", headers=captured).status_code == 401
+
+
+def sign_for(hub: Served, method: str, path: str, audience: str) -> dict[str, str]:
+    """What the hub would sign for an operator's request to `audience`."""
+    key = hub.app.extensions["pyedge.proxy"].key
+    caller = Identity(name="alice", role=Role.OPERATOR, kind="user")
+    return sign_caller(key, caller, method, path, audience=audience)
+
+
+def test_a_services_answer_cannot_script_the_hubs_origin(hub: Served, node_id: str) -> None:
+    session = client(hub, Role.VIEWER)
+    for url in (f"{hub.url}/api/{SLUG}/page", f"{hub.url}/api/nodes/{node_id}-r/{SLUG}/page"):
+        page = session.get(url)
+        assert page.status_code == 200 and page.text.startswith("<script>")
+        headers = page.headers
+        # The hub's policy, not the service's: a sandbox of its own, nothing loaded.
+        assert headers["Content-Security-Policy"] == (
+            "sandbox; default-src 'none'; frame-ancestors 'none'"
+        )
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert "Content-Security-Policy-Report-Only" not in headers
+        assert not [name for name in headers if name.lower().startswith("access-control-")]
+        assert headers["X-Echo"] == "yes"
+        # Once each: the hub's server says them, not the service's too.
+        raw = page.raw.headers
+        assert len(raw.getlist("Date")) == 1 and len(raw.getlist("Server")) == 1
+        assert "," not in headers["Server"]
+    # JSON and events keep working under that policy (the dashboard reads them by fetch).
+    ops = session.get(f"{hub.url}/api/{SLUG}/ops")
+    assert ops.status_code == 200 and ops.json()[0]["name"] == "work"
+    assert ops.headers["X-Content-Type-Options"] == "nosniff"
+    with session.get(f"{hub.url}/api/{SLUG}/events", stream=True) as events:
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        assert events.headers["Content-Security-Policy"].startswith("sandbox;")
+        assert next(events.iter_content(chunk_size=None)).startswith(b"id: 1")
+
+
+def test_a_services_redirect_never_leaves_the_hub(hub: Served, node_id: str) -> None:
+    session = client(hub, Role.VIEWER)
+    remote_url = registry(hub).get(f"{node_id}-r", SLUG).url
+
+    def location(to: str, qualified: bool = False) -> str | None:
+        base = f"/api/nodes/{node_id}-r/{SLUG}" if qualified else f"/api/{SLUG}"
+        moved = session.get(f"{hub.url}{base}/moved", params={"to": to}, allow_redirects=False)
+        assert moved.status_code == 302
+        return moved.headers.get("Location")
+
+    for away in (
+        "http://evil.example/x",
+        "HTTPS://evil.example",
+        "//evil.example/x",
+        " //evil.example",
+        "javascript:alert(1)",
+    ):
+        assert location(away) is None, away
+    # Relative ones stay; the service's own URL becomes the path the client uses.
+    assert location("/api/x?y=1") == "/api/x?y=1"
+    assert location("echo") == "echo"
+    assert location(f"{remote_url}/api/{SLUG}/echo") == f"/api/{SLUG}/echo"
+    qualified = location(f"{remote_url}/api/{SLUG}/echo", qualified=True)
+    assert qualified == f"/api/nodes/{node_id}-r/{SLUG}/echo"
+
+
+def test_a_request_from_a_proxy_is_not_proxied_again(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    hops: list[str] = []
+    hub.app.before_request_funcs.setdefault(None, []).insert(0, lambda: hops.append(request.path))
+    # A hub announced as a service: its own URL (or another proxy pointing back at it).
+    announce(hub, hub.url, "looping", slug="custom-thing")
+    looped = client(hub, Role.VIEWER).get(f"{hub.url}/api/nodes/looping/custom-thing/x")
+    assert looped.status_code == 508, looped.text
+    assert looped.json()["code"] == 508 and "proxy" in looped.json()["message"]
+    assert [hop for hop in hops if "custom-thing" in hop] == [
+        "/api/nodes/looping/custom-thing/x",
+        "/api/custom-thing/x",
+    ]
+
+
+def test_a_location_a_browser_would_read_as_off_site_is_dropped() -> None:
+    service = RemoteService(
+        node="n1",
+        slug=SLUG,
+        title="",
+        version="",
+        description="",
+        machine="",
+        url="http://10.0.0.12:8101",
+        openapi_url="http://10.0.0.12:8101/api/openapi.json",
+        ops=(),
+        announced_at="2026-11-23T12:00:00Z",
+    )
+    # Browsers strip leading controls and spaces, ignore tabs and newlines, and read a
+    # backslash as a slash: each of these leads to evil.example.
+    for away in (
+        "http://evil.example/x",
+        "//evil.example",
+        "/\\evil.example/x",
+        "\\\\evil.example",
+        "\x01 //evil.example",
+        "/\t/evil.example",
+        "/\r\n/evil.example",
+        "data:text/html,<script>",
+        "http://10.0.0.12:8101.evil.example/",
+    ):
+        assert relocated(away, service, qualified=False) is None, away
+    assert relocated("/api/x", service, qualified=False) == "/api/x"
+    assert relocated("x?y=/a//b", service, qualified=False) == "x?y=/a//b"
+    assert relocated("http://10.0.0.12:8101/api/x", service, qualified=False) == "/api/x"
+    moved = relocated(f"http://10.0.0.12:8101/api/{SLUG}/e", service, qualified=True)
+    assert moved == f"/api/nodes/n1/{SLUG}/e"
+
+
+def raw_get(hub: Served, path: str, token: str) -> tuple[int, Any]:
+    """GET `path` exactly as written (requests would resolve its dot segments itself)."""
+    connection = http.client.HTTPConnection(hub.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_dot_segments_are_not_forwarded(hub: Served, remote: Served, node_id: str) -> None:
+    token = authorize(hub.app, Role.ADMIN)
+    seen: list[str] = []
+    remote.app.before_request_funcs.setdefault(None, []).insert(
+        0, lambda: seen.append(request.path)
+    )
+    for path in (
+        f"/api/{SLUG}/../auth/tokens",
+        f"/api/{SLUG}/./echo",
+        f"/api/{SLUG}/echo/..",
+        f"/api/{SLUG}/%2e%2e/auth/tokens",
+        f"/api/{SLUG}/%2E/echo",
+        f"/api/{SLUG}/..%2Fauth%2Ftokens",
+        f"/api/{SLUG}/..%5Cauth/tokens",
+        f"/api/{SLUG}/%252e%252e/auth/tokens",
+        f"/api/nodes/{node_id}-r/{SLUG}/../../auth/tokens",
+        f"/api/nodes/{node_id}-r/{SLUG}/%2e%2e/%2e%2e/auth/tokens",
+    ):
+        status, body = raw_get(hub, path, token)
+        assert (status, body["code"]) == (404, 404), (path, status, body)
+    assert seen == []
+    # Dots inside a segment are a name like any other.
+    status, _body = raw_get(hub, f"/api/{SLUG}/echo..x", token)
+    assert status == 404 and seen == [f"/api/{SLUG}/echo..x"]
+    status, body = raw_get(hub, f"/api/{SLUG}/echo?x=..", token)
+    assert status == 200 and body["query"] == "x=.."
+
+
 # --- the merged OpenAPI document ----------------------------------------------------------
 
 
@@ -451,9 +712,10 @@ def test_the_merged_document_holds_the_remote_service(
 
 
 def test_the_merged_document_lists_a_slug_of_several_nodes_by_node(
-    hub: Served, remote: Served, node_id: str
+    hub: Served, make_remote: RemoteFactory, node_id: str
 ) -> None:
-    announce(hub, remote.url, "elsewhere")
+    # Another process: a caller signed for one node is refused on any other.
+    announce(hub, make_remote("elsewhere").url, "elsewhere")
     # And one that cannot be reached: left out, the rest still merged.
     announce(hub, f"http://127.0.0.1:{free_port()}", "dead-node", slug="ghost-service")
     spec = client(hub, Role.VIEWER).get(f"{hub.url}/api/openapi.json").json()
