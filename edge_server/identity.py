@@ -134,6 +134,7 @@ def sign_caller(
     if audience is not None:
         claims["aud"] = audience
     claims["jti"] = b64url_encode(secrets.token_bytes(JTI_BYTES))
+    claims["iat"] = int(moment)
     claims["exp"] = int(moment) + ttl
     value = encode_claims(claims)
     signature = b64url_encode(key.sign(value.encode("ascii")))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -413,14 +414,25 @@ def _used_components(components: dict[str, Any], roots: Iterable[Any]) -> dict[s
     return needed
 
 
+# A path a service may document: under its prefix, plain segments and {templates} only.
+# No `%`, `\`, `?` or `#`, and (checked apart) no `.` or `..` segment: a browser resolves
+# those before sending, so Swagger UI on the hub would call another path of the hub.
+PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@{}-]+\Z")
+
+
 def _service_paths(document: dict[str, Any], slug: str) -> dict[str, Any]:
     """The document's paths that belong to `slug` (a served process documents more)."""
     base = f"/api/{slug}"
-    return {
-        path: item
-        for path, item in document.get("paths", {}).items()
-        if path == base or path.startswith(base + "/")
-    }
+    paths = {}
+    for path, item in document.get("paths", {}).items():
+        if not isinstance(path, str) or not (path == base or path.startswith(base + "/")):
+            continue
+        segments = path[len(base) :].split("/")[1:]
+        if all(PATH_SEGMENT_RE.match(s) and s not in (".", "..") for s in segments):
+            paths[path] = item
+        else:
+            logger.warning("left out of the merged document: %r of %s", path, slug)
+    return paths
 
 
 def merge_service(

@@ -89,6 +89,9 @@ RESPONSE_DROP = HOP_BY_HOP | {
     "x-frame-options",
     "server",
     "date",
+    # Refresh could send a browser elsewhere from the hub's origin; Link could preload.
+    "refresh",
+    "link",
 }
 RESPONSE_DROP_PREFIXES = ("access-control-",)
 # On every proxied answer: whatever a service sends (HTML, SVG, ...) runs, if at all, in a

@@ -1,12 +1,13 @@
 """Forwarded callers: the identity a hub vouches for when it proxies a request to a service.
 
 The hub signs `X-PyEdge-Caller` (base64url of compact JSON: name, kind, role, method, path,
-aud, jti, exp) with its Ed25519 key and sends the signature in `X-PyEdge-Caller-Signature`.
+aud, jti, iat, exp) with its Ed25519 key and sends the signature in `X-PyEdge-Caller-Signature`.
 A service that holds the hub's public key (`<data>/network/hub.pub`) trusts the caller only
 when the signature verifies, the claim is bound to this request's method and path and to
 this process's service (`aud`: `<node>/<slug>`), it was not used before (`jti`, a nonce
-remembered until it expires) and it expires soon: a captured header is worth nothing
-elsewhere, nothing a second time, and nothing later.
+remembered until it expires; `iat` not before this process started, since the nonces are
+kept in memory) and it expires soon: a captured header is worth nothing elsewhere, nothing
+a second time, and nothing later.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class ReplayCache:
 
     def __init__(self, size: int = REPLAY_CACHE) -> None:
         self.size = size
+        # The nonces are in memory only: a claim issued before the cache was made (before
+        # this process started) might have been used already, and is refused.
+        self.started = int(time.time())
         self._seen: set[str] = set()
         self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
@@ -171,6 +175,7 @@ def check_caller(
         raise CallerRefused("not a JSON object")
     name, kind, role = claims.get("name"), claims.get("kind"), claims.get("role")
     exp, jti, aud = claims.get("exp"), claims.get("jti"), claims.get("aud")
+    iat = claims.get("iat")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise CallerRefused("no expiry")
     moment = time.time() if now is None else now
@@ -178,6 +183,10 @@ def check_caller(
         raise CallerRefused("expired")
     if exp > moment + MAX_AHEAD_S:
         raise CallerRefused(f"expires more than {MAX_AHEAD_S} s ahead")
+    cache = _replays if replays is None else replays
+    if not isinstance(iat, int) or isinstance(iat, bool) or iat < cache.started:
+        # A replay after a restart, when the nonces seen before are forgotten.
+        raise CallerRefused("issued before this process started")
     if claims.get("method") != method.upper():
         raise CallerRefused(f"signed for {claims.get('method')}, not {method.upper()}")
     if claims.get("path") != path:
@@ -198,7 +207,7 @@ def check_caller(
     except (AccountError, ValueError) as exc:
         raise CallerRefused(str(exc)) from exc
     # Last: a claim refused for another reason does not take its nonce.
-    (_replays if replays is None else replays).use(jti, exp, moment)
+    cache.use(jti, exp, moment)
     return Identity(name=f"{name}{HUB_SUFFIX}", role=parsed, kind=str(kind))
 
 

@@ -22,10 +22,12 @@ from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.identity import (
     CALLER_HEADER,
     SIGNATURE_HEADER,
+    CallerRefused,
     ReplayCache,
     audiences,
     b64url_decode,
     b64url_encode,
+    check_caller,
     encode_claims,
     hub_public_key_path,
     load_public_key,
@@ -67,7 +69,7 @@ def test_a_signed_caller_verifies(key: Ed25519PrivateKey) -> None:
     assert identity == Identity(name="alice@hub", role=Role.OPERATOR, kind="user")
     assert identity.actor == "user:alice@hub"
     claims = json.loads(b64url_decode(headers[CALLER_HEADER]))
-    assert list(claims) == ["name", "kind", "role", "method", "path", "aud", "jti", "exp"]
+    assert list(claims) == ["name", "kind", "role", "method", "path", "aud", "jti", "iat", "exp"]
     assert claims["method"] == "POST" and claims["path"] == PATH and claims["aud"] == AUD
     assert time.time() < claims["exp"] <= time.time() + 60
     # Every claim has a nonce of its own.
@@ -168,6 +170,7 @@ def test_bad_claims_are_refused(key: Ed25519PrivateKey) -> None:
         "path": "/x",
         "aud": AUD,
         "jti": "n" * 22,
+        "iat": int(time.time()),
         "exp": int(time.time()) + 30,
     }
     assert verify(key, signed(good), "GET", "/x") is not None
@@ -181,6 +184,8 @@ def test_bad_claims_are_refused(key: Ed25519PrivateKey) -> None:
         {"aud": ["n1/custom-service"]},
         {"jti": 12345678901234567890},
         {"jti": "short"},
+        {"iat": None},
+        {"iat": "now"},
     ):
         assert verify(key, signed({**good, **bad}), "GET", "/x") is None, bad
 
@@ -379,3 +384,12 @@ def test_no_hub_key_no_trust_until_it_comes(
         assert client.get(ops, headers=headers).status_code == 200
     finally:
         app.extensions["pyedge"].close()
+
+
+def test_a_caller_issued_before_the_process_started_is_refused(key: Ed25519PrivateKey) -> None:
+    # The nonces are kept in memory: after a restart, one used before would pass again.
+    replays = ReplayCache()
+    before = sign(key, "POST", PATH, now=replays.started - 5, ttl=50)
+    with pytest.raises(CallerRefused, match="issued before this process started"):
+        check_caller(key.public_key(), before, "POST", PATH, audience=HERE, replays=replays)
+    assert verify(key, sign(key, "POST", PATH), "POST", PATH, replays=replays) is not None

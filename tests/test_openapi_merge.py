@@ -312,6 +312,37 @@ def test_servers_security_schemes_and_external_refs_are_left_out() -> None:
     assert part["remote"] == {} and part["servers"] == {"type": "string"}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/widget/../auth/users/{name}",
+        "/api/widget/%2e%2e/auth/users/{name}",
+        "/api/widget/%252e%252e/audit",
+        "/api/widget/./x",
+        "/api/widget/a\\..\\b",
+        "/api/widget/x?y=1",
+        "/api/widget/x#y",
+    ],
+)
+def test_paths_a_browser_would_resolve_elsewhere_are_left_out(path: str) -> None:
+    # Swagger UI on the hub calls a documented path with the user's session and CSRF
+    # token: a browser resolves dot segments first, so this would be the hub's own API.
+    document = remote_document()
+    document["paths"][path] = {
+        "delete": {
+            "summary": "Reset the sensor (safe)",
+            "responses": {"200": {"description": "ok"}},
+        }
+    }
+    merged = local_document()
+    merge_service(
+        merged, service("http://10.0.0.2:8101", node="n1"), document, "widget.", True, False
+    )
+    assert path not in merged["paths"]
+    assert "/api/widget/items/{id}" in merged["paths"]
+    validate(merged)
+
+
 # --- 4. announced URLs -------------------------------------------------------------------------
 
 

@@ -136,6 +136,8 @@ def page() -> Response:
             "X-Frame-Options": "ALLOWALL",
             "Access-Control-Allow-Origin": "*",
             "Access-Control-Allow-Credentials": "true",
+            "Refresh": "0;url=https://evil.example/",
+            "Link": "<https://evil.example/x.js>; rel=preload; as=script",
             "X-Echo": "yes",
         },
     )
@@ -549,6 +551,7 @@ def test_a_services_answer_cannot_script_the_hubs_origin(hub: Served, node_id: s
         assert headers["X-Frame-Options"] == "DENY"
         assert "Content-Security-Policy-Report-Only" not in headers
         assert not [name for name in headers if name.lower().startswith("access-control-")]
+        assert "Refresh" not in headers and "Link" not in headers
         assert headers["X-Echo"] == "yes"
         # Once each: the hub's server says them, not the service's too.
         raw = page.raw.headers
