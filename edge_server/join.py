@@ -147,7 +147,12 @@ def hub_call(
     if data is not None:
         headers["Content-Type"] = "application/json"
     context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirects)
+    # Straight to the hub: no environment proxy (http_proxy) gets the token on the way.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=context),
+        _NoRedirects,
+    )
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with opener.open(req, timeout=HTTP_TIMEOUT_S) as answer:

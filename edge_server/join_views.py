@@ -381,13 +381,15 @@ class Leave(MethodView):
 def _clear_announcements(
     settings: Any, directory: Path, node: str, services: Iterable[str]
 ) -> None:
-    """Clear a leaving node's retained announcements and statuses, with its own accounts.
+    """Clear a leaving node's retained announcements, statuses and the sessions of the
+    operations they listed, with its own accounts.
 
     Only its accounts may write there; once revoked, nobody could, and every hub would
     learn its services again from the retained announcements at each start.
     """
     root = topic_root(settings["EDGE_SITE"])
     accounts = load_accounts(directory)
+    registry = current_app.extensions.get(REMOTE_EXTENSION)
     try:
         host, port = _plain_endpoint(directory)
     except BrokerError:
@@ -397,5 +399,7 @@ def _clear_announcements(
         if name not in accounts.accounts:
             continue
         topics = [f"{root}/{node}/{slug}/announce", f"{root}/{node}/{slug}/status"]
+        known = registry.get(node, slug) if registry is not None else None
+        topics += [f"{root}/{node}/{slug}/ops/{op['name']}" for op in (known.ops if known else ())]
         if not clear_retained(host, port, accounts.login(name), topics):
             logger.warning("could not clear the retained announcement of %s/%s", node, slug)

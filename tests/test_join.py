@@ -203,11 +203,12 @@ def test_leave_revokes_the_accounts_and_closes_their_connections(hub: Node, tmp_
     # Another node's URL: not loopback, which the hub refuses of other nodes (TEST-NET-1).
     announce = {"slug": SLUG, "title": "Custom", "version": "1", "node": "n6",
                 "url": "http://192.0.2.6:8101", "announced_at": "2026-01-01T00:00:00Z",
-                "ops": []}  # fmt: skip
+                "ops": [{"name": "sleep", "kind": "task", "role": "operator"}]}  # fmt: skip
     try:
         for topic, payload in [
             (f"pyedge/n6/{SLUG}/status", b"online"),
             (f"pyedge/n6/{SLUG}/announce", json.dumps(announce).encode()),
+            (f"pyedge/n6/{SLUG}/ops/sleep", b'{"op": "sleep", "state": "done"}'),
         ]:
             service.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
     finally:
@@ -239,6 +240,7 @@ def test_leave_revokes_the_accounts_and_closes_their_connections(hub: Node, tmp_
         watcher.subscribe(f"pyedge/{hub.node_id}/{SLUG}/status")  # a retained one: a sentinel
         watcher.wait_for(f"pyedge/{hub.node_id}/{SLUG}/status")
         assert watcher.on(f"pyedge/n6/{SLUG}/announce") == []
+        assert watcher.on(f"pyedge/n6/{SLUG}/ops/sleep") == []  # its sessions too
     finally:
         watcher.close()
     # Its password is forgotten on the hub: joining again makes a new one.
@@ -467,6 +469,22 @@ def redirecting() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_hub_is_called_straight_never_through_an_environment_proxy(
+    tmp_path: Path,
+    redirecting: tuple[str, list[tuple[str, str | None]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, seen = redirecting
+    # A proxy would get the admin token on the way: none is used, even when set.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(JoinError, match="not followed"):
+        join_hub(tmp_path, url, "secret", "n13", [SLUG], "x86_64")
+    assert seen == [("/api/nodes/n13/join", "Bearer secret")]
 
 
 def test_a_redirect_from_the_hub_is_never_followed(
