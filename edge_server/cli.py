@@ -15,11 +15,12 @@ import shlex
 import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import click
 
-from edge_server import cli_auth, cli_mqtt, cli_network, runner
+from edge_server import cli_auth, cli_mqtt, cli_network, runner, standalone_broker
 from edge_server import serve as serve_module
 from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
@@ -199,6 +200,32 @@ def serve(
         click.echo(f"pyedge: configuration error: {exc}", err=True)
         ctx.exit(EXIT_CONFIG)
     except PyEdgeError as exc:
+        click.echo(f"pyedge: {exc}", err=True)
+        ctx.exit(1)
+
+
+@root.command(short_help="Mosquitto on its own (the compose bundle's mqtt container).")
+@click.option("--data-dir", help="data directory (EDGE_DATA_DIR, default ./data)")
+@click.option(
+    "--credentials",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="hand each NAME directory in it NAME's broker login (NAME/credentials.json)",
+)
+@click.pass_context
+def broker(ctx: click.Context, data_dir: str | None, credentials: Path | None) -> None:
+    """Make the broker's accounts, hand out the services' logins, then become Mosquitto.
+
+    It listens on EDGE_MQTT_BIND:EDGE_MQTT_PORT, with EDGE_MQTT_TLS also on
+    EDGE_MQTT_TLS_PORT, as `pyedge run`'s embedded broker does.
+    """
+    overrides = _overrides(ctx.obj[CONFIG_FILE], data_dir=data_dir)
+    settings = _settings(ctx, overrides)
+    try:
+        standalone_broker.exec_broker(settings, credentials)
+    except ConfigError as exc:
+        click.echo(f"pyedge: configuration error: {exc}", err=True)
+        ctx.exit(EXIT_CONFIG)
+    except (PyEdgeError, OSError) as exc:
         click.echo(f"pyedge: {exc}", err=True)
         ctx.exit(1)
 

@@ -17,7 +17,7 @@ SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
         "services",
         cfg.slug_list,
         None,
-        "service slugs to run, comma-separated (default: every installed one)",
+        "service slugs to run, comma-separated, or none (default: every installed one)",
     ),
     cfg.Setting("http_host", cfg.text, "0.0.0.0", "address the HTTP API listens on"),
     cfg.Setting("http_port", cfg.integer(1, 65535), 8000, "port the HTTP API listens on"),

@@ -63,8 +63,11 @@ def _write_new(path: Path, data: bytes, mode: int) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def hub_key(data_dir: Path) -> Ed25519PrivateKey:
-    """The hub's private key in `data_dir`, made (with hub.pub) on first use."""
+def hub_key(data_dir: Path, public: Path | None = None) -> Ed25519PrivateKey:
+    """The hub's private key in `data_dir`, made (with hub.pub) on first use.
+
+    `public` is EDGE_HUB_PUBLIC_KEY, where hub.pub goes when it is not in the data dir.
+    """
     directory = Path(data_dir) / NETWORK_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / HUB_KEY
@@ -83,17 +86,17 @@ def hub_key(data_dir: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
-    _ensure_public(data_dir, key)
+    _ensure_public(hub_public_key_path(data_dir, public), key)
     return key
 
 
-def _ensure_public(data_dir: Path, key: Ed25519PrivateKey) -> None:
+def _ensure_public(public: Path, key: Ed25519PrivateKey) -> None:
     """Write hub.pub for the services on this device, unless another hub's is there."""
-    public = hub_public_key_path(data_dir)
     pem = _public_pem(key)
     try:
         current = public.read_text()
     except FileNotFoundError:
+        public.parent.mkdir(parents=True, exist_ok=True)
         _write_new(public, pem.encode("ascii"), 0o644)
         return
     if current.strip() != pem.strip():
@@ -106,9 +109,9 @@ def _ensure_public(data_dir: Path, key: Ed25519PrivateKey) -> None:
         )
 
 
-def hub_public_pem(data_dir: Path) -> str:
+def hub_public_pem(data_dir: Path, public: Path | None = None) -> str:
     """The hub's public key as PEM (SubjectPublicKeyInfo), what `pyedge join` fetches."""
-    return _public_pem(hub_key(data_dir))
+    return _public_pem(hub_key(data_dir, public))
 
 
 def sign_caller(

@@ -345,7 +345,9 @@ class Join(MethodView):
             "broker": {"host": _host(), "port": port, "tls": tls},
             "accounts": logins,
             "ca": _ca_pem(cert) if cert is not None else None,
-            "hub_key": hub_public_pem(settings["EDGE_DATA_DIR"]),
+            "hub_key": hub_public_pem(
+                settings["EDGE_DATA_DIR"], settings.get("EDGE_HUB_PUBLIC_KEY")
+            ),
             "hub_url": request.host_url.rstrip("/"),
         }
 

@@ -201,7 +201,7 @@ class Proxy:
 
     def init_app(self, app: Flask) -> None:
         """Load (or make) the hub key and route the proxied paths of `app`."""
-        self.key = hub_key(Path(app.config["EDGE_DATA_DIR"]))
+        self.key = hub_key(Path(app.config["EDGE_DATA_DIR"]), app.config.get("EDGE_HUB_PUBLIC_KEY"))
         # One pooled connection per request thread; never retried (POSTs are not idempotent)
         # nor redirected; no environment proxies, no cookie jar, no default headers
         # (Accept-Encoding is the client's to choose). HTTPS is checked against the CAs

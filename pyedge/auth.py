@@ -175,7 +175,7 @@ class Auth:
         """Open the accounts in the data dir and guard every request of `app`."""
         data_dir = Path(app.config["EDGE_DATA_DIR"])
         self.store = AccountStore(data_dir / "accounts.db")
-        self.hub_key = HubKey(data_dir)
+        self.hub_key = HubKey(data_dir, app.config.get("EDGE_HUB_PUBLIC_KEY"))
         app.secret_key = _secret_key(data_dir / "secret_key")
         app.config["SESSION_COOKIE_HTTPONLY"] = True
         # Lax: the cookie goes with links into the dashboard, not with other sites' posts.

@@ -148,12 +148,21 @@ def choice(*options: str) -> Parser:
     return parse
 
 
+# In place of slugs: no service at all (an edge-server that only fronts others).
+NO_SERVICES = "none"
+
+
 def slug_list(value: Any) -> list[str] | None:
-    """Parse service slugs from a TOML list or a comma-separated string; empty means all."""
+    """Parse service slugs from a TOML list or a comma-separated string.
+
+    Empty means all, `none` means none (an empty list).
+    """
     if value is None:
         return None
     items = value if isinstance(value, list) else str(value).split(",")
     slugs = [str(item).strip() for item in items if str(item).strip()]
+    if slugs == [NO_SERVICES]:
+        return []
     for slug in slugs:
         if not SLUG_RE.fullmatch(slug):
             raise ValueError(f"{slug!r} is not a service slug (lowercase words joined by '-')")

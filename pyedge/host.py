@@ -66,6 +66,13 @@ CORE_SETTINGS: tuple[cfg.Setting, ...] = (
         "(default: http://<hostname>:<http port>)",
     ),
     cfg.Setting(
+        "hub_public_key",
+        cfg.path,
+        None,
+        "the edge-server's public key file: services trust the callers it signs, and an "
+        "edge-server writes its own there (default: <data_dir>/network/hub.pub)",
+    ),
+    cfg.Setting(
         "mqtt_ca",
         cfg.path,
         None,

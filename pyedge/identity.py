@@ -113,9 +113,13 @@ def encode_claims(claims: Mapping[str, Any]) -> str:
     return b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
 
 
-def hub_public_key_path(data_dir: Path) -> Path:
-    """Where a data dir keeps the public key of the hub it trusts."""
-    return Path(data_dir) / NETWORK_DIR / HUB_PUBLIC_KEY
+def hub_public_key_path(data_dir: Path, configured: Path | None = None) -> Path:
+    """The public key of the hub this node trusts: EDGE_HUB_PUBLIC_KEY, else in the data dir.
+
+    The compose bundle sets it to a volume the edge-server writes and the services read,
+    since each container has a data dir of its own.
+    """
+    return Path(configured) if configured else Path(data_dir) / NETWORK_DIR / HUB_PUBLIC_KEY
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
@@ -234,8 +238,8 @@ def verify_caller(
 class HubKey:
     """The trusted hub's public key in a data dir, read again only when the file changes."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = hub_public_key_path(data_dir)
+    def __init__(self, data_dir: Path, configured: Path | None = None) -> None:
+        self.path = hub_public_key_path(data_dir, configured)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._key: Ed25519PublicKey | None = None
