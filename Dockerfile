@@ -33,11 +33,8 @@ RUN /opt/pyedge/bin/pip install --no-deps . \
     && /opt/pyedge/bin/pyedge --version
 
 FROM ${BASE_IMAGE}
-ARG MACHINE_TYPE=pc_linux
-RUN case "$MACHINE_TYPE" in pc_linux|pc_win|mac|rpi) ;; \
-      *) echo "MACHINE_TYPE must be pc_linux, pc_win, mac or rpi, not '$MACHINE_TYPE'" >&2; exit 1 ;; \
-    esac
 # Debian's Mosquitto (2.0.11 on bookworm), for the bundle's mqtt container and solo mode.
+# The mount points exist, owned by the user, so that the volumes mounted there are too.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends mosquitto \
     && rm -rf /var/lib/apt/lists/* \
@@ -46,6 +43,11 @@ RUN apt-get update \
     && chown -R pyedge:pyedge /data /run/pyedge
 COPY --from=build /opt/pyedge /opt/pyedge
 COPY mqtt/mosquitto.conf /etc/pyedge/mosquitto.conf
+# From here on the machine types differ: the layers above are shared by all four.
+ARG MACHINE_TYPE=pc_linux
+RUN case "$MACHINE_TYPE" in pc_linux|pc_win|mac|rpi) ;; \
+      *) echo "MACHINE_TYPE must be pc_linux, pc_win, mac or rpi, not '$MACHINE_TYPE'" >&2; exit 1 ;; \
+    esac
 ENV PATH=/opt/pyedge/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EDGE_DATA_DIR=/data \

@@ -1,0 +1,344 @@
+"""The compose bundle on a real Docker engine: the repository's docker-compose.yml, unchanged,
+with images built locally from the Dockerfile (see tests/compose/images.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from tests.compose.bundle import COMPOSE_FILE, RPI_FILE, SERVICES, Bundle, compose_v1
+from tests.compose.conftest import FIGURES, bundle_settings
+from tests.device.persistent_subscriber import PersistentSubscriber, account
+from tests.docker_engine import DockerEngine
+
+pytestmark = pytest.mark.timeout(600)
+
+NODE = "ci-pi"
+PROTECTED_ACTIONS = ("stop", "restart", "kill")
+# A simulated sensor of the pc default set, sampled every few seconds.
+SENSOR = "room_temperature"
+OUTAGE_S = 12
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0, every: float = 0.5) -> Any:
+    """Poll `check()` until it returns something truthy; AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the service may be restarting
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def services(bundle: Bundle, token: str) -> dict[str, dict[str, Any]]:
+    """The edge-server's services tree, by slug."""
+    answer = bundle.api("GET", "/api/services", token)
+    answer.raise_for_status()
+    return {entry["slug"]: entry for entry in answer.json()}
+
+
+def subscriber_login(bundle: Bundle) -> dict[str, str]:
+    """The read-only broker login, as the README shows a user getting it."""
+    login: dict[str, str] = json.loads(
+        bundle.exec("mqtt", "pyedge", "mqtt", "credentials", "subscriber", "--json")
+    )
+    return login
+
+
+@pytest.fixture(scope="module")
+def readings(bundle: Bundle) -> Iterator[PersistentSubscriber]:
+    """A persistent-session QoS 1 subscriber on the host, for the whole module."""
+    login = subscriber_login(bundle)
+    subscriber = PersistentSubscriber(
+        "127.0.0.1",
+        int(bundle.settings["MQTT_PORT"]),
+        "ci-host-subscriber",
+        f"pyedge/{NODE}/device-service/sensors/#",
+        username=login["username"],
+        password=login["password"],
+    )
+    yield subscriber
+    subscriber.close()
+
+
+def test_the_file_is_valid_for_compose_v2_and_docker_compose_1_29(
+    compose_engine: DockerEngine, tmp_path: Any
+) -> None:
+    bundle = Bundle(
+        compose_engine.url, compose_engine.socket, tmp_path, "pyedge-config",
+        bundle_settings(compose_engine),
+    )  # fmt: skip
+    bundle.write_env()
+    assert compose_v1(), "docker-compose 1.29 is not installed (make test installs it)"
+    for v1 in (False, True):
+        for files in ((COMPOSE_FILE,), (COMPOSE_FILE, RPI_FILE)):
+            result = bundle.compose("config", v1=v1, files=files)
+            assert "pyedge.system" in result.stdout
+            assert "privileged" not in result.stdout
+    # The Pi's override adds the devices and groups, to the device-service only.
+    merged = bundle.compose("config", files=(COMPOSE_FILE, RPI_FILE)).stdout
+    for device in ("/dev/i2c-1", "/dev/gpiomem", "/dev/gpiochip0", "/sys/bus/w1/devices"):
+        assert device in merged
+
+
+def test_the_image_runs_as_a_user_with_a_health_check_and_no_compiler(
+    compose_engine: DockerEngine, pc_image: str
+) -> None:
+    docker = ["docker", "--host", compose_engine.url]
+    inspect = [*docker, "image", "inspect", "--format", "{{json .Config}}", pc_image]
+    config = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    assert config["User"] == "pyedge"
+    assert config["Healthcheck"]["Test"][-3:] == ["python", "-m", "edge_server.healthcheck"]
+    assert "EDGE_MACHINE_TYPE=pc_linux" in config["Env"]
+    assert config["Entrypoint"] == ["pyedge"]
+    found = subprocess.run(
+        [*docker, "run", "--rm", "--entrypoint", "sh", pc_image, "-c",
+         "id -u; command -v gcc cc || echo no-compiler; pyedge --version"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    assert found == ["1000", "no-compiler", "pyedge", "0.1.0"]
+
+
+def test_every_container_is_healthy_restarts_itself_and_rotates_its_log(bundle: Bundle) -> None:
+    assert set(bundle.health().values()) == {"healthy"}
+    for service in SERVICES:
+        host = json.loads(
+            bundle.docker("inspect", "--format", "{{json .HostConfig}}", bundle.container(service))
+        )
+        assert host["RestartPolicy"]["Name"] == "unless-stopped"
+        assert host["LogConfig"] == {
+            "Type": "json-file",
+            "Config": {"max-file": "3", "max-size": "10m"},
+        }
+        assert not host["Privileged"]
+        # Only the container-manager gets the Docker socket.
+        mounts = json.loads(
+            bundle.docker("inspect", "--format", "{{json .Mounts}}", bundle.container(service))
+        )
+        has_socket = any(mount["Destination"] == "/var/run/docker.sock" for mount in mounts)
+        assert has_socket == (service == "container-manager"), service
+    # Idle memory per container, once the start-up work is over.
+    time.sleep(10)
+    stats = bundle.docker("stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}")
+    memory = {}
+    for line in stats.splitlines():
+        name, usage = line.split("\t")
+        for service in SERVICES:
+            if name.startswith(f"{bundle.project}-{service}-"):
+                memory[service] = usage.split(" / ")[0]
+    assert set(memory) == set(SERVICES)
+    FIGURES["idle_memory"] = memory
+
+
+def test_the_setup_code_is_in_the_edge_servers_log(bundle: Bundle) -> None:
+    assert "one-time setup code" in bundle.logs("edge-server")
+
+
+def test_every_service_is_online_and_remote(bundle: Bundle, admin_token: str) -> None:
+    tree = wait_for(
+        "every service announced",
+        lambda: (t := services(bundle, admin_token)) and len(t) == 3 and t,
+    )
+    assert set(tree) == {"device-service", "container-manager", "custom-service"}
+    for slug, entry in tree.items():
+        assert entry["mode"] == "remote", slug
+        assert entry["node"] == NODE, slug
+        assert entry["health"]["status"] == "ok", (slug, entry["health"])
+        assert entry["url"] == f"/api/{slug}", slug
+    health = bundle.api("GET", "/api/health", admin_token).json()
+    assert health["status"] == "ok"
+    assert health["mqtt"]["status"] == "connected"
+
+
+def test_a_reading_reaches_a_subscriber_on_the_host(
+    bundle: Bundle, readings: PersistentSubscriber
+) -> None:
+    wait_for("a reading on the host", lambda: readings.received(SENSOR), timeout=30)
+    # The subscriber account may only read.
+    login = subscriber_login(bundle)
+    refused: list[Any] = []
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="ci-writer", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.username_pw_set(login["username"], login["password"])
+    client.on_publish = lambda *args: refused.append(args[3])
+    client.connect("127.0.0.1", int(bundle.settings["MQTT_PORT"]))
+    client.loop_start()
+    try:
+        client.publish(
+            f"pyedge/{NODE}/device-service/sensors/{SENSOR}", "{}", qos=1
+        ).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert refused and refused[0].is_failure, refused  # MQTT 5: "not authorized"
+
+
+def test_an_operation_started_through_the_edge_server_runs_in_its_container(
+    bundle: Bundle, admin_token: str
+) -> None:
+    start = bundle.api(
+        "POST", "/api/custom-service/ops/sleep/start", admin_token, json={"seconds": 0.5}
+    )
+    assert start.status_code == 202, start.text
+    done = bundle.api("POST", "/api/custom-service/ops/sleep/wait?timeout=30", admin_token).json()
+    assert done["state"] == "done" and done["success"] is True, done
+    assert "sleep: slept 0.5 s" in bundle.logs("custom-service")
+    assert "sleep: slept" not in bundle.logs("edge-server")
+
+
+def test_the_container_manager_lists_the_bundle_and_refuses_to_stop_it(
+    bundle: Bundle, admin_token: str
+) -> None:
+    answer = bundle.api("GET", "/api/container-manager/containers?all=true", admin_token)
+    assert answer.status_code == 200, answer.text
+    ours = {
+        entry["labels"]["com.docker.compose.service"]: entry
+        for entry in answer.json()
+        if entry["labels"].get("com.docker.compose.project") == bundle.project
+    }
+    assert set(ours) == set(SERVICES)
+    assert all(entry["system"] for entry in ours.values())
+    for service in ("mqtt", "edge-server", "container-manager"):
+        ident = ours[service]["id"]
+        for action in PROTECTED_ACTIONS:
+            refused = bundle.api(
+                "POST", f"/api/container-manager/containers/{ident}/{action}", admin_token
+            )
+            assert refused.status_code == 403, (service, action, refused.text)
+            assert "system container" in refused.json()["message"]
+        removed = bundle.api("DELETE", f"/api/container-manager/containers/{ident}", admin_token)
+        assert removed.status_code == 403, removed.text
+    assert set(bundle.health().values()) == {"healthy"}
+
+
+def device_service_status(bundle: Bundle, token: str) -> str:
+    """The device-service's status in the edge-server's services tree."""
+    status: str = services(bundle, token)["device-service"]["health"]["status"]
+    return status
+
+
+def wait_offline_then_ok(bundle: Bundle, token: str, since: float) -> dict[str, float]:
+    """Seconds from `since` until the device-service was offline, then ok again."""
+    wait_for(
+        "device-service offline",
+        lambda: device_service_status(bundle, token) == "offline",
+        timeout=30,
+        every=0.1,
+    )
+    offline = time.monotonic() - since
+    wait_for("device-service back", lambda: device_service_status(bundle, token) == "ok", 120)
+    return {
+        "offline_after_s": round(offline, 2),
+        "back_after_s": round(time.monotonic() - since, 1),
+    }
+
+
+def test_a_crashed_service_goes_offline_and_comes_back_by_itself(
+    bundle: Bundle, admin_token: str
+) -> None:
+    # SIGKILL to the service's process from the host, as the kernel's OOM killer or a
+    # crash ends it: Docker's restart policy (unless-stopped) brings it back.
+    pid = int(
+        bundle.docker("inspect", "--format", "{{.State.Pid}}", bundle.container("device-service"))
+    )
+    os.kill(pid, signal.SIGKILL)
+    FIGURES["crash_device_service"] = wait_offline_then_ok(bundle, admin_token, time.monotonic())
+    assert (
+        int(
+            bundle.docker(
+                "inspect", "--format", "{{.RestartCount}}", bundle.container("device-service")
+            )
+        )
+        == 1
+    )
+    bundle.wait_healthy()
+
+
+def test_a_service_killed_with_compose_goes_offline_and_up_brings_it_back(
+    bundle: Bundle, admin_token: str
+) -> None:
+    # Docker counts `docker compose kill` as the user's own stop: no restart policy brings
+    # a killed container back (engine 20.10 and later), `docker compose up -d` does.
+    bundle.compose("kill", "device-service")
+    killed = time.monotonic()
+    wait_for(
+        "device-service offline",
+        lambda: device_service_status(bundle, admin_token) == "offline",
+        timeout=30,
+        every=0.1,
+    )
+    FIGURES["compose_kill_device_service"] = {
+        "offline_after_s": round(time.monotonic() - killed, 2)
+    }
+    bundle.compose("up", "-d")
+    wait_for("device-service back", lambda: device_service_status(bundle, admin_token) == "ok", 120)
+    bundle.wait_healthy()
+
+
+def test_down_and_up_keep_users_tokens_history_and_the_outbox(
+    bundle: Bundle, admin_token: str, readings: PersistentSubscriber
+) -> None:
+    user = bundle.api(
+        "POST", "/api/auth/users", admin_token,
+        json={"name": "alice", "password": "correct horse battery", "role": "viewer"},
+    )  # fmt: skip
+    assert user.status_code in (200, 201), user.text
+    history_before = bundle.api(
+        "GET", f"/api/device-service/sensors/{SENSOR}/history", admin_token
+    ).json()["points"]
+    assert history_before
+    # The broker away: readings wait in the device-service's outbox (its volume). The
+    # edge-server shows every service offline meanwhile (their statuses went offline with
+    # the broker), so the outage is timed: the simulated sensor reads every 5 s.
+    before = wait_for("a reading", lambda: max(readings.received(SENSOR), default=0), 30)
+    bundle.compose("stop", "mqtt")
+    time.sleep(OUTAGE_S)
+    bundle.compose("down", "--timeout", "20")
+    assert bundle.compose("ps", "-q", "--all").stdout.strip() == ""
+    started = time.monotonic()
+    bundle.compose("up", "-d")
+    bundle.wait_healthy()
+    FIGURES["down_up_to_all_healthy_s"] = round(time.monotonic() - started, 1)
+
+    # Users and tokens: the same token still works, alice is still there.
+    users = bundle.api("GET", "/api/auth/users", admin_token)
+    assert users.status_code == 200, users.text
+    assert "alice" in {entry["name"] for entry in users.json()}
+    # History: the readings from before are still there.
+    history_after = bundle.api(
+        "GET", f"/api/device-service/sensors/{SENSOR}/history", admin_token
+    ).json()["points"]
+    assert history_after[0]["ts"] == history_before[0]["ts"]
+    # The outbox: drained once the broker was back, and nothing was lost on the way to the
+    # host's persistent session (kept in the broker's volume across down and up).
+    wait_for(
+        "the outbox drained",
+        lambda: bundle.api("GET", "/api/device-service/outbox", admin_token).json()["depth"] == 0,
+    )
+    last = bundle.api("GET", f"/api/device-service/sensors/{SENSOR}", admin_token).json()
+    last_seq = last["last"]["seq"]
+    wait_for("every reading on the host", lambda: max(readings.received(SENSOR)) >= last_seq)
+    received = readings.received(SENSOR)
+    # Counted from the first reading the host's session saw (it began after the bundle).
+    first = min(received)
+    tally = account([seq - first + 1 for seq in received], last_seq - first + 1)
+    assert tally["lost"] == 0, tally
+    # Readings were taken while the broker was away and while the bundle was down.
+    assert last_seq >= before + OUTAGE_S // 5, (before, last_seq)
+    FIGURES["outage"] = {"readings_before": before, "host_subscriber": tally}
