@@ -14,7 +14,7 @@ EDGE_ENV := EDGE_HTTP_HOST EDGE_HTTP_PORT EDGE_MQTT_PORT EDGE_DATA_DIR EDGE_TLS 
 	EDGE_ROLE EDGE_SERVICES
 $(foreach v,$(EDGE_ENV),$(if $(filter undefined,$(origin $(v))),,$(eval export $(v))))
 
-.PHONY: help setup run test lint format bench clean
+.PHONY: help setup run test lint format bench clean up down logs
 
 help: ## List the targets (the default)
 	@printf 'Usage: make TARGET [PYTEST_ARGS=...] [EDGE_HTTP_PORT=...]\n\nTargets:\n'
@@ -31,6 +31,15 @@ run: ## Solo mode: `pyedge run` (Mosquitto + edge-server) with the EDGE_* settin
 test: ## Run pytest (extra arguments: PYTEST_ARGS=...); "no tests collected" fails too
 	@$(SETUP) test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+up: ## The compose bundle: .env if missing, docker compose up -d --build, wait until healthy
+	@bash tools/compose.sh up
+
+down: ## Stop and remove the bundle's containers (the volumes, all its data, stay)
+	@bash tools/compose.sh down
+
+logs: ## Follow the bundle's logs
+	@bash tools/compose.sh logs
 
 lint: ## Check: ruff check, ruff format --check, mypy pyedge (runs all, fails if any fails)
 	@$(SETUP) venv

