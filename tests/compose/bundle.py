@@ -40,6 +40,12 @@ class Bundle:
     workdir: Path
     project: str
     settings: dict[str, str] = field(default_factory=dict)
+    # The README's layout for a user's own service runs with more files, and more services.
+    files: tuple[Path, ...] = (COMPOSE_FILE,)
+    project_directory: Path = ROOT
+    services: tuple[str, ...] = SERVICES
+    # docker-compose 1.29 (Debian's package) rather than docker compose v2.
+    v1: bool = False
 
     @property
     def env_file(self) -> Path:
@@ -59,16 +65,17 @@ class Bundle:
     def compose(
         self,
         *args: str,
-        v1: bool = False,
-        files: tuple[Path, ...] = (COMPOSE_FILE,),
+        v1: bool | None = None,
+        files: tuple[Path, ...] | None = None,
         timeout: float = 300,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """Run `docker compose ARGS` (or docker-compose 1.29 with v1) on this project."""
-        program = [compose_v1() or "docker-compose"] if v1 else ["docker", "compose"]
+        old = self.v1 if v1 is None else v1
+        program = [compose_v1() or "docker-compose"] if old else ["docker", "compose"]
         command = [*program, "--project-name", self.project, "--env-file", str(self.env_file)]
-        command += ["--project-directory", str(ROOT)]
-        for path in files:
+        command += ["--project-directory", str(self.project_directory)]
+        for path in files or self.files:
             command += ["-f", str(path)]
         result = subprocess.run(
             [*command, *args], env=self.environ(), capture_output=True, text=True,
@@ -100,7 +107,7 @@ class Bundle:
     def health(self) -> dict[str, str]:
         """Each service's container health (starting, healthy, unhealthy, or its state)."""
         states = {}
-        for service in SERVICES:
+        for service in self.services:
             ids = self.compose("ps", "-q", "--all", service).stdout.split()
             if not ids:
                 states[service] = "missing"
