@@ -78,8 +78,14 @@ def create_app(
     app.config.update(settings)
     # Under TLS the browser must never send the session cookie over plain HTTP.
     app.config["SESSION_COOKIE_SECURE"] = settings["EDGE_TLS"]
+    slug = process_slug(settings, services)
+    # Serving on its own (`pyedge serve`): its services are announced for the hubs.
+    own = slug != PROCESS_SLUG
     auth = Auth()
-    auth.init_app(app)
+    # A service behind the edge-server of its own device (the compose bundle, where the
+    # edge-server's public key is shared) takes its callers from it: the edge-server's log
+    # has the setup code, and a second one here would only be mistaken for it.
+    auth.init_app(app, setup_code=not (own and settings.get("EDGE_HUB_PUBLIC_KEY")))
     # Its /api/openapi.json (and Swagger UI) also documents the remote services.
     api = MergedApi(app)
     for name, scheme in SECURITY_SCHEMES.items():
@@ -92,9 +98,6 @@ def create_app(
         api.register_blueprint(join_views.blp)
     app.register_blueprint(pages.bp)
 
-    slug = process_slug(settings, services)
-    # Serving on its own (`pyedge serve`): its services are announced for the hubs.
-    own = slug != PROCESS_SLUG
     host = ServiceHost(
         services,
         process_slug=slug,
