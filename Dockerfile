@@ -37,7 +37,8 @@ FROM ${BASE_IMAGE}
 # The mount points exist, owned by the user, so that the volumes mounted there are too.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends mosquitto \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin pyedge \
     && mkdir -p /data/tls /run/pyedge/hub /run/pyedge/mqtt /run/pyedge/credentials \
     && chown -R pyedge:pyedge /data /run/pyedge

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,26 @@ class Bundle:
         """A request to the edge-server's published port with a bearer token."""
         headers = {"Authorization": f"Bearer {token}"}
         return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
+    """Poll `check()` until it returns something truthy; AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the service may be restarting
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def services(bundle: Bundle, token: str) -> dict[str, dict[str, Any]]:
+    """The edge-server's services tree, by slug."""
+    answer = bundle.api("GET", "/api/services", token)
+    answer.raise_for_status()
+    return {entry["slug"]: entry for entry in answer.json()}

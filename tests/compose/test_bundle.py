@@ -15,7 +15,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.compose.bundle import COMPOSE_FILE, RPI_FILE, SERVICES, Bundle, compose_v1
+from tests.compose.bundle import (
+    COMPOSE_FILE,
+    RPI_FILE,
+    SERVICES,
+    Bundle,
+    compose_v1,
+    services,
+    wait_for,
+)
 from tests.compose.conftest import FIGURES, bundle_settings
 from tests.device.persistent_subscriber import PersistentSubscriber, account
 from tests.docker_engine import DockerEngine
@@ -27,29 +35,6 @@ PROTECTED_ACTIONS = ("stop", "restart", "kill")
 # A simulated sensor of the pc default set, sampled every few seconds.
 SENSOR = "room_temperature"
 OUTAGE_S = 12
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0, every: float = 0.5) -> Any:
-    """Poll `check()` until it returns something truthy; AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # the service may be restarting
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-
-
-def services(bundle: Bundle, token: str) -> dict[str, dict[str, Any]]:
-    """The edge-server's services tree, by slug."""
-    answer = bundle.api("GET", "/api/services", token)
-    answer.raise_for_status()
-    return {entry["slug"]: entry for entry in answer.json()}
 
 
 def subscriber_login(bundle: Bundle) -> dict[str, str]:

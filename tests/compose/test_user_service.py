@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.compose.bundle import ROOT, SERVICES, Bundle
+from tests.compose.bundle import ROOT, SERVICES, Bundle, services, wait_for
 from tests.compose.conftest import FIGURES, bundle_settings
-from tests.compose.test_bundle import services, wait_for
 from tests.docker_engine import DockerEngine
 
 pytestmark = pytest.mark.timeout(600)
