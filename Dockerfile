@@ -34,14 +34,15 @@ RUN /opt/pyedge/bin/pip install --no-deps . \
 
 FROM ${BASE_IMAGE}
 # Debian's Mosquitto (2.0.11 on bookworm), for the bundle's mqtt container and solo mode.
-# The mount points exist, owned by the user, so that the volumes mounted there are too.
+# The mount points exist, owned by the user, so that the volumes mounted there are too;
+# /run/pyedge/credentials stays root's: only volumes (mount points) appear in it.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends mosquitto \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin pyedge \
     && mkdir -p /data/tls /run/pyedge/hub /run/pyedge/mqtt /run/pyedge/credentials \
-    && chown -R pyedge:pyedge /data /run/pyedge
+    && chown pyedge:pyedge /data /data/tls /run/pyedge/hub /run/pyedge/mqtt
 COPY --from=build /opt/pyedge /opt/pyedge
 COPY mqtt/mosquitto.conf /etc/pyedge/mosquitto.conf
 # From here on the machine types differ: the layers above are shared by all four.
@@ -63,6 +64,6 @@ WORKDIR /data
 EXPOSE 8000 1883 8883
 # /api/health answers 200 once the bus is connected and every service is ok.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "edge_server.healthcheck"]
+    CMD ["python", "-I", "-m", "edge_server.healthcheck"]
 ENTRYPOINT ["pyedge"]
 CMD ["run"]

@@ -54,7 +54,8 @@ def login_dirs(credentials: Path | None) -> dict[str, Path]:
         raise BrokerError(f"--credentials: {credentials} is not a directory")
     found = {}
     for entry in sorted(credentials.iterdir()):
-        if not entry.is_dir() or entry.name.startswith("."):
+        # A link could point the root phase's chown and the logins anywhere.
+        if entry.is_symlink() or not entry.is_dir() or entry.name.startswith("."):
             continue
         if not SLUG_RE.fullmatch(entry.name):
             logger.warning("%s: not an account name (a service slug); left alone", entry)
@@ -72,8 +73,10 @@ def drop_privileges(paths: list[Path], user: str = RUN_AS) -> None:
     except KeyError:
         raise BrokerError(f"started as root, but there is no user {user!r} to drop to") from None
     for path in paths:
+        if path.is_symlink():
+            raise BrokerError(f"{path} is a symbolic link: refusing to give its target to {user}")
         path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)

@@ -176,6 +176,27 @@ def test_root_without_the_user_to_drop_to_is_an_error(
     assert not (tmp_path / "data").exists()
 
 
+def test_root_refuses_a_symbolic_link_rather_than_give_away_its_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user could leave a link where a volume is expected: root must not follow it.
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    owner = target.stat().st_uid
+    (tmp_path / "link").symlink_to(target)
+    monkeypatch.setattr(standalone_broker, "os", OsAs(0))
+    with pytest.raises(BrokerError, match="is a symbolic link"):
+        drop_privileges([tmp_path / "link"], user="nobody")
+    assert target.stat().st_uid == owner
+
+
+def test_login_dirs_skip_symbolic_links(tmp_path: Path) -> None:
+    credentials = credentials_dir(tmp_path, MY_SERVICE)
+    (tmp_path / "elsewhere").mkdir()
+    (credentials / "evil").symlink_to(tmp_path / "elsewhere")
+    assert login_dirs(credentials) == {MY_SERVICE: credentials / MY_SERVICE}
+
+
 # --- prepare ---------------------------------------------------------------------------------
 
 
@@ -349,8 +370,10 @@ def test_as_root_it_gives_away_its_files_drops_and_becomes_mosquitto(
         # The same process, now Mosquitto, running as the unprivileged user.
         assert Path(f"/proc/{process.pid}/exe").resolve() == Path(find_mosquitto()).resolve()
         status = Path(f"/proc/{process.pid}/status").read_text()
-        uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        assert uids.split()[1:] == [str(nobody.pw_uid)] * 4, uids
+        fields = dict(line.split(":", 1) for line in status.splitlines())
+        assert fields["Uid"].split() == [str(nobody.pw_uid)] * 4, fields["Uid"]
+        assert fields["Gid"].split() == [str(nobody.pw_gid)] * 4, fields["Gid"]
+        assert fields["Groups"].split() == [], fields["Groups"]  # root's groups are gone
         # Everything it wrote is that user's, so that it can write it again next time.
         for path in (
             data_dir,

@@ -129,9 +129,10 @@ class Bundle:
         logs = self.compose("logs", "--no-color", "--tail", "30", check=False).stdout
         raise AssertionError(f"not all healthy after {timeout:.0f} s: {states}\n{logs[-6000:]}")
 
-    def exec(self, service: str, *args: str) -> str:
-        """Run a command in the service's container (no TTY); its stdout."""
-        return self.compose("exec", "-T", service, *args).stdout
+    def exec(self, service: str, *args: str, user: str | None = None) -> str:
+        """Run a command in the service's container (no TTY), as `user`; its stdout."""
+        as_user = ["--user", user] if user else []
+        return self.compose("exec", "-T", *as_user, service, *args).stdout
 
     def logs(self, service: str) -> str:
         """The service's log."""

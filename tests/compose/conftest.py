@@ -78,7 +78,9 @@ def compose_engine() -> Iterator[DockerEngine]:
 def pc_image(compose_engine: DockerEngine) -> str:
     """The pc_linux image (amd64), and beside it pc_win and mac, which share its layers."""
     build_base(docker_cli(compose_engine), "amd64")
-    FIGURES.setdefault("build_s", {})["pc_linux"] = round(build_image(compose_engine, "pc_linux"), 1)
+    FIGURES.setdefault("build_s", {})["pc_linux"] = round(
+        build_image(compose_engine, "pc_linux"), 1
+    )
     sizes = FIGURES.setdefault("image_mb", {})
     for machine_type in ("pc_linux", "pc_win", "mac"):
         if machine_type != "pc_linux":

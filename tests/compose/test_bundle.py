@@ -40,7 +40,8 @@ OUTAGE_S = 12
 def subscriber_login(bundle: Bundle) -> dict[str, str]:
     """The read-only broker login, as the README shows a user getting it."""
     login: dict[str, str] = json.loads(
-        bundle.exec("mqtt", "pyedge", "mqtt", "credentials", "subscriber", "--json")
+        # As the image's user: the container's root has no capability to read its files.
+        bundle.exec("mqtt", "pyedge", "mqtt", "credentials", "subscriber", "--json", user="pyedge")
     )
     return login
 
@@ -77,7 +78,7 @@ def test_the_file_is_valid_for_compose_v2_and_docker_compose_1_29(
             assert "privileged" not in result.stdout
     # The Pi's override adds the devices and groups, to the device-service only.
     merged = bundle.compose("config", files=(COMPOSE_FILE, RPI_FILE)).stdout
-    for device in ("/dev/i2c-1", "/dev/gpiomem", "/dev/gpiochip0", "/sys/bus/w1/devices"):
+    for device in ("/dev/i2c-1", "/dev/gpiomem", "/dev/gpiochip0"):
         assert device in merged
 
 
@@ -88,7 +89,7 @@ def test_the_image_runs_as_a_user_with_a_health_check_and_no_compiler(
     inspect = [*docker, "image", "inspect", "--format", "{{json .Config}}", pc_image]
     config = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
     assert config["User"] == "pyedge"
-    assert config["Healthcheck"]["Test"][-3:] == ["python", "-m", "edge_server.healthcheck"]
+    assert config["Healthcheck"]["Test"][-4:] == ["python", "-I", "-m", "edge_server.healthcheck"]
     assert "EDGE_MACHINE_TYPE=pc_linux" in config["Env"]
     assert config["Entrypoint"] == ["pyedge"]
     found = subprocess.run(
