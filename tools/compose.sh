@@ -5,9 +5,9 @@
 #
 #   up     .env from .env.example when there is none (this machine's node id and machine
 #          type), the group ids of the Docker socket (and on a Pi of i2c and gpio) from
-#          this machine, then `docker compose up -d --build` (with docker-compose.rpi.yml
-#          on a Pi, once its devices are checked), waits until every container is healthy
-#          and prints the dashboard's address and setup code
+#          this machine, then `docker compose up -d --build` (on a Pi with
+#          docker-compose.rpi.yml less the devices this Pi lacks), waits until every
+#          container is healthy and prints the dashboard's address and setup code
 #   down   `docker compose down`: the containers go, the volumes (all the data) stay
 #   logs   follow every container's log
 #
@@ -47,6 +47,9 @@ machine_type() {
 
 group_id() { getent group "$1" | cut -d: -f3; }
 
+# The host name without a domain: a Mac's `hostname` says name.local.
+short_hostname() { hostname -s 2>/dev/null || hostname; }
+
 set_value() {
     # KEY=VALUE in .env, replacing the line .env.example has for KEY (GNU and BSD sed).
     local key="$1" value="$2"
@@ -59,10 +62,11 @@ env_value() { sed -n "s/^$1=//p" "$ENV_FILE" 2>/dev/null | tail -n 1; }
 export_group_ids() {
     # The groups that own the Docker socket and the Pi's buses are this machine's facts, so
     # they are read again at every `up` (the environment wins over .env in compose files).
+    # Linux only: Docker Desktop's socket lives in its VM (group 0), whatever the host's
+    # /var/run/docker.sock link says.
     local socket="${DOCKER_SOCKET:-$(env_value DOCKER_SOCKET)}"
-    if [[ -z "${DOCKER_GID:-}" && -S "${socket:-/var/run/docker.sock}" ]]; then
-        DOCKER_GID="$(stat -c %g "${socket:-/var/run/docker.sock}" 2>/dev/null \
-            || stat -f %g "${socket:-/var/run/docker.sock}")"
+    if [[ "$(uname -s)" == Linux && -z "${DOCKER_GID:-}" && -S "${socket:-/var/run/docker.sock}" ]]; then
+        DOCKER_GID="$(stat -c %g "${socket:-/var/run/docker.sock}")"
         export DOCKER_GID
     fi
     if [[ "$(env_value EDGE_MACHINE_TYPE)" == rpi ]]; then
@@ -72,24 +76,30 @@ export_group_ids() {
     return 0
 }
 
-check_pi_devices() {
-    # docker-compose.rpi.yml hands the device-service these; one that is missing stops it.
-    [[ "$(env_value EDGE_MACHINE_TYPE)" == rpi ]] || return 0
+# docker-compose.rpi.yml with the devices this Pi has: one that is missing (a bus not turned
+# on, or /dev/gpiomem on a Pi 5) would stop the device-service from starting.
+PI_FILE=.docker-compose.rpi.local.yml
+
+pi_devices_file() {
     local missing=() path
-    for path in $(sed -n 's|^ *- \(/[^:]*\):.*|\1|p' docker-compose.rpi.yml); do
+    for path in $(sed -n 's|^ *- \(/dev/[^:]*\):.*|\1|p' docker-compose.rpi.yml); do
         [[ -e "$path" ]] || missing+=("$path")
     done
-    (( ${#missing[@]} == 0 )) && return 0
-    die "docker-compose.rpi.yml hands the device-service ${missing[*]}, which this Pi does" \
-        "not have: turn the bus on (sudo raspi-config: Interface Options, I2C / 1-Wire; then" \
-        "reboot) or comment its line out in docker-compose.rpi.yml"
+    cp docker-compose.rpi.yml "$PI_FILE"
+    for path in ${missing[@]+"${missing[@]}"}; do
+        sed -i.bak "\|^ *- ${path}:|d" "$PI_FILE" && rm -f "$PI_FILE.bak"
+    done
+    if (( ${#missing[@]} > 0 )); then
+        say "left out of the device-service's devices, not on this Pi: ${missing[*]}" \
+            "(turn a bus on with sudo raspi-config, Interface Options, then make up again)"
+    fi
 }
 
 make_env() {
     [[ -f "$ENV_FILE" ]] && return 0
     cp .env.example "$ENV_FILE"
     local node type
-    node="$(hostname | tr -c 'A-Za-z0-9_.\n-' '-' | cut -c1-64)"
+    node="$(short_hostname | tr -c 'A-Za-z0-9_.\n-' '-' | cut -c1-64)"
     type="$(machine_type)"
     set_value EDGE_NODE_ID "$node"
     set_value EDGE_MACHINE_TYPE "$type"
@@ -97,10 +107,13 @@ make_env() {
 }
 
 files() {
-    local type
-    type="$(env_value EDGE_MACHINE_TYPE)"
     printf -- '-f docker-compose.yml'
-    [[ "$type" == rpi ]] && printf -- ' -f docker-compose.rpi.yml'
+    if [[ "$(env_value EDGE_MACHINE_TYPE)" == rpi ]]; then
+        [[ -f "$PI_FILE" ]] || pi_devices_file
+        printf -- ' -f %s' "$PI_FILE"
+    fi
+    # The user's own additions (a sensors file, ...), last, as compose itself would.
+    [[ -f docker-compose.override.yml ]] && printf -- ' -f docker-compose.override.yml'
     printf '\n'
 }
 
@@ -127,16 +140,18 @@ main() {
         up)
             make_env
             export_group_ids
-            check_pi_devices
+            [[ "$(env_value EDGE_MACHINE_TYPE)" == rpi ]] && pi_devices_file
             # shellcheck disable=SC2046
             $compose $(files) up -d --build
             wait_healthy "$compose $(files)"
             local port code
             port="$(env_value HTTP_PORT)"
-            say "the dashboard: http://$(hostname).local:${port:-8000}/ (or http://localhost:${port:-8000}/)"
+            say "the dashboard: http://$(short_hostname).local:${port:-8000}/ (or http://localhost:${port:-8000}/)"
             code="$($compose $(files) logs --no-color edge-server 2>/dev/null \
                 | grep -o 'setup code [A-Z0-9-]*' | tail -n 1 || true)"
-            [[ -n "$code" ]] && say "first run: open /setup with the one-time $code"
+            if [[ -n "$code" ]]; then
+                say "first run: open /setup with the one-time $code"
+            fi
             ;;
         down)
             # shellcheck disable=SC2046
