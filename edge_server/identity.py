@@ -20,6 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_server.files import write_atomic
+from edge_server.join import JOIN_FILE
 from pyedge.accounts import Identity
 from pyedge.identity import (
     CALLER_HEADER,
@@ -86,12 +88,16 @@ def hub_key(data_dir: Path, public: Path | None = None) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
-    _ensure_public(hub_public_key_path(data_dir, public), key)
+    # The configured file (EDGE_HUB_PUBLIC_KEY) is this edge-server's to write unless the
+    # node joined a hub (`pyedge join` leaves join.json): an old key there is replaced.
+    own = public is not None and not (directory / JOIN_FILE).exists()
+    _ensure_public(hub_public_key_path(data_dir, public), key, own)
     return key
 
 
-def _ensure_public(public: Path, key: Ed25519PrivateKey) -> None:
-    """Write hub.pub for the services on this device, unless another hub's is there."""
+def _ensure_public(public: Path, key: Ed25519PrivateKey, own: bool) -> None:
+    """Write hub.pub for the services on this device; another key there is kept (a joined
+    hub's) unless the file is `own`, this edge-server's alone to write."""
     pem = _public_pem(key)
     try:
         current = public.read_text()
@@ -99,7 +105,12 @@ def _ensure_public(public: Path, key: Ed25519PrivateKey) -> None:
         public.parent.mkdir(parents=True, exist_ok=True)
         _write_new(public, pem.encode("ascii"), 0o644)
         return
-    if current.strip() != pem.strip():
+    if current.strip() != pem.strip() and own:
+        # An old key of this edge-server's (its data made anew, the compose bundle's
+        # hub-key volume kept): the services must trust the new one.
+        logger.warning("%s held an old key of this edge-server's: replaced", public)
+        write_atomic(public, pem, 0o644)
+    elif current.strip() != pem.strip():
         # A node that joined a hub keeps that hub's key: its services trust that hub, not
         # this edge-server (whose forwarded callers they will then refuse).
         logger.warning(

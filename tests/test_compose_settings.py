@@ -129,6 +129,22 @@ def test_the_hub_key_writes_its_public_half_where_configured(tmp_path: Path) -> 
     assert hub_public_pem(data, shared) == shared.read_text()
 
 
+def test_an_old_key_of_its_own_is_replaced_a_joined_hubs_is_kept(tmp_path: Path) -> None:
+    shared = tmp_path / "hub-key" / "hub.pub"
+    hub_key(tmp_path / "old-data", shared)
+    # The edge-server's data made anew, the shared key kept (compose: edge-data removed).
+    new = hub_key(tmp_path / "new-data", shared)
+    public = load_public_key(shared.read_bytes())
+    assert public.public_bytes_raw() == new.public_key().public_bytes_raw()
+    # A node that joined a hub keeps that hub's key: its services trust the hub.
+    joined = tmp_path / "joined-data"
+    (joined / "network").mkdir(parents=True)
+    (joined / "network" / "join.json").write_text("{}")
+    hubs = shared.read_text()
+    hub_key(joined, shared)
+    assert shared.read_text() == hubs
+
+
 @pytest.fixture
 def shared_key(tmp_path: Path) -> Path:
     """The volume the edge-server writes its public key to and the services read."""
