@@ -9,14 +9,11 @@ kept in CACHE_DIR between runs on one machine (a fresh CI machine makes them ane
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 BASE_IMAGE = "python:3.11-slim-bookworm"
 CACHE_DIR = Path(os.environ.get("PYEDGE_IMAGE_CACHE", "/var/tmp/pyedge-test-images"))

@@ -222,20 +222,22 @@ def device_service_status(bundle: Bundle, token: str) -> str:
     return status
 
 
-def wait_offline_then_ok(bundle: Bundle, token: str, since: float) -> dict[str, float]:
-    """Seconds from `since` until the device-service was offline, then ok again."""
+def wait_device_service(bundle: Bundle, token: str, status: str, since: float) -> float:
+    """Seconds from `since` until the edge-server shows the device-service `status`."""
     wait_for(
-        "device-service offline",
-        lambda: device_service_status(bundle, token) == "offline",
-        timeout=30,
+        f"device-service {status}",
+        lambda: device_service_status(bundle, token) == status,
+        timeout=30 if status == "offline" else 120,
         every=0.1,
     )
-    offline = time.monotonic() - since
-    wait_for("device-service back", lambda: device_service_status(bundle, token) == "ok", 120)
-    return {
-        "offline_after_s": round(offline, 2),
-        "back_after_s": round(time.monotonic() - since, 1),
-    }
+    return time.monotonic() - since
+
+
+def device_service_state(bundle: Bundle, field: str) -> str:
+    """A field of the device-service container's inspect (a Go template, e.g. .State.Pid)."""
+    return bundle.docker(
+        "inspect", "--format", f"{{{{{field}}}}}", bundle.container("device-service")
+    )
 
 
 def test_a_crashed_service_goes_offline_and_comes_back_by_itself(
@@ -243,19 +245,15 @@ def test_a_crashed_service_goes_offline_and_comes_back_by_itself(
 ) -> None:
     # SIGKILL to the service's process from the host, as the kernel's OOM killer or a
     # crash ends it: Docker's restart policy (unless-stopped) brings it back.
-    pid = int(
-        bundle.docker("inspect", "--format", "{{.State.Pid}}", bundle.container("device-service"))
-    )
-    os.kill(pid, signal.SIGKILL)
-    FIGURES["crash_device_service"] = wait_offline_then_ok(bundle, admin_token, time.monotonic())
-    assert (
-        int(
-            bundle.docker(
-                "inspect", "--format", "{{.RestartCount}}", bundle.container("device-service")
-            )
-        )
-        == 1
-    )
+    os.kill(int(device_service_state(bundle, ".State.Pid")), signal.SIGKILL)
+    killed = time.monotonic()
+    offline = wait_device_service(bundle, admin_token, "offline", killed)
+    back = wait_device_service(bundle, admin_token, "ok", killed)
+    FIGURES["crash_device_service"] = {
+        "offline_after_s": round(offline, 2),
+        "back_after_s": round(back, 1),
+    }
+    assert int(device_service_state(bundle, ".RestartCount")) == 1
     bundle.wait_healthy()
 
 
@@ -266,17 +264,10 @@ def test_a_service_killed_with_compose_goes_offline_and_up_brings_it_back(
     # a killed container back (engine 20.10 and later), `docker compose up -d` does.
     bundle.compose("kill", "device-service")
     killed = time.monotonic()
-    wait_for(
-        "device-service offline",
-        lambda: device_service_status(bundle, admin_token) == "offline",
-        timeout=30,
-        every=0.1,
-    )
-    FIGURES["compose_kill_device_service"] = {
-        "offline_after_s": round(time.monotonic() - killed, 2)
-    }
+    offline = wait_device_service(bundle, admin_token, "offline", killed)
+    FIGURES["compose_kill_device_service"] = {"offline_after_s": round(offline, 2)}
     bundle.compose("up", "-d")
-    wait_for("device-service back", lambda: device_service_status(bundle, admin_token) == "ok", 120)
+    wait_device_service(bundle, admin_token, "ok", killed)
     bundle.wait_healthy()
 
 
