@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_server.broker import Mosquitto
+from edge_server.broker.accounts import AccountSpec, ensure_accounts
+from edge_server.broker.embedded import Mosquitto
 from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.mqtt_accounts import AccountSpec, ensure_accounts
 
 # One account for every benchmark client: they publish under bench/ as well as pyedge/.
 BENCH_ACCOUNT = AccountSpec("bench", "the benchmarks' clients", read=("#",), write=("#",))

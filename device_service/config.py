@@ -24,7 +24,7 @@ def detect_machine_type() -> str:
 def discovery_prefix(value: object) -> str:
     """Parse Home Assistant's discovery prefix: a topic name, which goes into ACL filters."""
     prefix = cfg.text(value)
-    # The broker's ACL is built from it (edge_server/mqtt_accounts.py): a wildcard would
+    # The broker's ACL is built from it (edge_server/broker/accounts.py): a wildcard would
     # widen every rule, a line break would add rules of its own, and `$` topics are the
     # broker's. Empty levels (`a//b`, a leading or trailing `/`) are typos.
     if any(char in prefix for char in "+#") or any(not char.isprintable() for char in prefix):

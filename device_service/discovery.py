@@ -27,6 +27,16 @@ class _Never:
 _NEVER = _Never()
 
 
+def cleared(info: Any) -> bool:
+    """True once the broker has the clearing message; unsure counts as not yet."""
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        # Published while the bus was away: paho keeps the error code even after it is
+        # sent on reconnect. Remembering the ghost only clears it once more next start.
+        return False
+
+
 def entities(runtime: ServiceRuntime, sensors: list[Sensor], prefix: str) -> dict[str, Any]:
     """Every discovery config topic and its payload, for the sensors and actuators."""
     node = runtime.node
@@ -118,7 +128,7 @@ class Discovery:
 
     def remembered(self) -> list[str]:
         """What to remember as announced: the configs, and the ghosts not yet cleared."""
-        uncleared = {t for t in self.ghosts if not self._clearing.get(t, _NEVER).is_published()}
+        uncleared = {t for t in self.ghosts if not cleared(self._clearing.get(t, _NEVER))}
         return sorted(set(self.configs) | uncleared)
 
     def _on_birth(self, message: Any) -> None:

@@ -8,11 +8,14 @@ from typing import Any
 
 from flask import Flask
 
-from edge_server import auth_views, pages, remote_listener, views
-from edge_server.openapi_merge import MergedApi
-from edge_server.proxy import Proxy
+from edge_server import dashboard, views
+from edge_server.dashboard.login import SWAGGER_ASSETS_URL
+from edge_server.network import remote_listener
+from edge_server.network.openapi_merge import MergedApi
+from edge_server.network.proxy import Proxy
 from edge_server.registry import configure
-from edge_server.tls import server_tls
+from edge_server.security import views as auth_views
+from edge_server.security.tls import server_tls
 from pyedge import EdgeService, ServiceHost, __version__
 from pyedge.announce import default_advertise_url
 from pyedge.auth import Auth
@@ -31,7 +34,7 @@ OPENAPI_CONFIG = {
     "OPENAPI_URL_PREFIX": "/api",
     "OPENAPI_JSON_PATH": "openapi.json",
     "OPENAPI_SWAGGER_UI_PATH": "docs",
-    "OPENAPI_SWAGGER_UI_URL": pages.SWAGGER_ASSETS_URL,
+    "OPENAPI_SWAGGER_UI_URL": SWAGGER_ASSETS_URL,
 }
 
 
@@ -40,7 +43,7 @@ def process_slug(settings: Mapping[str, Any], services: Sequence[EdgeService]) -
     # A service started on its own logs in with its own account, which may write only its
     # subtree: the will must be its status topic, or the broker drops it and a crash goes
     # unseen. Solo mode (and any other mix) is the edge-server, whose account writes all.
-    # A hub names a joined node's accounts `<slug>@<node>` (edge_server.join).
+    # A hub names a joined node's accounts `<slug>@<node>` (edge_server.network.join).
     username, _password = mqtt_login(settings)
     if len(services) == 1 and (username or "").split("@", 1)[0] == services[0].slug:
         return services[0].slug
@@ -73,7 +76,8 @@ def create_app(
     """
     settings, services = configure(config, services)
 
-    app = Flask(__name__)
+    # No app-wide static folder: the dashboard serves its own assets (one public, the CSS).
+    app = Flask(__name__, static_folder=None)
     app.config.update(OPENAPI_CONFIG)
     app.config.update(settings)
     # Under TLS the browser must never send the session cookie over plain HTTP.
@@ -93,10 +97,9 @@ def create_app(
     api.register_blueprint(views.blp)
     api.register_blueprint(auth_views.blp)
     if settings["EDGE_ROLE"] == "hub":  # nodes join this hub (pyedge join)
-        from edge_server import join_views
+        from edge_server.network import join_views
 
         api.register_blueprint(join_views.blp)
-    app.register_blueprint(pages.bp)
 
     host = ServiceHost(
         services,
@@ -107,6 +110,7 @@ def create_app(
     host.close_hooks.append(auth.close)
     host.init_app(app, api)
     remote_listener.init_app(app, host)
+    dashboard.init_app(app, host, api)
     host.close_hooks.append(api.close)
     if settings["EDGE_ROLE"] != "solo":  # the remote services are reached through it
         proxy = Proxy()

@@ -29,6 +29,20 @@ SERVER_SETTINGS: tuple[cfg.Setting, ...] = (
         "request threads of the one gunicorn worker",
     ),
     cfg.Setting(
+        # Each open /api/events stream holds a thread of its own, beside EDGE_HTTP_THREADS:
+        # streams never take the API's threads. One more is refused with 503.
+        "sse_clients",
+        cfg.integer(0, 256),
+        32,
+        "event streams (/api/events) open at once, each with a thread of its own",
+    ),
+    cfg.Setting(
+        "sse_heartbeat",
+        cfg.number(1.0),
+        15.0,
+        "seconds between keep-alive comments on an idle event stream",
+    ),
+    cfg.Setting(
         "mqtt_embedded",
         cfg.boolean,
         True,

@@ -102,3 +102,29 @@ class NodeSchema(ma.Schema):
         validate=ma.validate.OneOf(("online", "offline")),
         metadata={"description": "online when any of its services is"},
     )
+
+
+class MemorySchema(ma.Schema):
+    """Memory in bytes."""
+
+    total = ma.fields.Integer(required=True)
+    available = ma.fields.Integer(required=True)
+
+
+class DiskSchema(ma.Schema):
+    """The data dir's filesystem, in bytes."""
+
+    path = ma.fields.String(required=True)
+    total = ma.fields.Integer(required=True)
+    free = ma.fields.Integer(required=True)
+
+
+class DeviceSchema(ma.Schema):
+    """The device's CPU, memory, disk and uptime (a figure the platform lacks is null)."""
+
+    cpu_percent = ma.fields.Float(required=True, allow_none=True)
+    cpus = ma.fields.Integer(required=True, allow_none=True)
+    load = ma.fields.List(ma.fields.Float(), required=True, allow_none=True)
+    memory = ma.fields.Nested(MemorySchema, required=True, allow_none=True)
+    disk = ma.fields.Nested(DiskSchema, required=True)
+    uptime = ma.fields.Float(required=True, allow_none=True, metadata={"description": "s"})

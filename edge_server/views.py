@@ -8,16 +8,18 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from flask import current_app, g
 from flask.views import MethodView
 from flask_smorest import abort
 
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
-from edge_server.remote import RemoteRegistry, RemoteService
-from edge_server.remote_listener import RemoteListener, listener_of
-from edge_server.schemas import HealthSchema, NodeSchema, ServiceSchema
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
+from edge_server.network.remote import RemoteRegistry, RemoteService
+from edge_server.network.remote_listener import RemoteListener, listener_of
+from edge_server.schemas import DeviceSchema, HealthSchema, NodeSchema, ServiceSchema
+from edge_server.system import device_figures
 from pyedge import OpKind, OpState, ServiceHost
 from pyedge.security import Blueprint, public
 
@@ -123,6 +125,14 @@ class Services(MethodView):
     def get(self) -> list[dict[str, Any]]:
         """List the services, local and remote, with their health and operations."""
         return services_tree()
+
+
+@blp.route("/device")
+class Device(MethodView):
+    @blp.response(200, DeviceSchema)
+    def get(self) -> dict[str, Any]:
+        """Show this device's CPU, memory, data disk and uptime."""
+        return device_figures(Path(current_app.config["EDGE_DATA_DIR"]))
 
 
 def _wall_clock(monotonic: float) -> datetime:

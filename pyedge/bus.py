@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -13,8 +14,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,18 @@ ConnectCallback = Callable[[], None]
 # Called (in the network thread) with a message id and the broker's reason code when a
 # QoS 1 PUBLISH is acknowledged (or a QoS 0 one is written).
 AckCallback = Callable[[int, ReasonCode], None]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A topic filter the bus keeps subscribed, and who its messages go to."""
+
+    topic: str
+    qos: int
+    callback: MessageCallback
+    # MQTT 5: the identifier the broker tags this subscription's messages with.
+    identifier: int
+    retain_as_published: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,8 @@ class Bus:
         self.settings = settings
         # Re-entrant: a downgrade builds the new client while holding it.
         self._lock = threading.RLock()
-        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self._identifiers = itertools.count(1)
         self._status_topics: list[str] = [settings.will_topic]
         self._connect_callbacks: list[ConnectCallback] = []
         self._ack_callbacks: list[AckCallback] = []
@@ -108,22 +124,66 @@ class Bus:
         """Call `callback(mid, reason_code)` when the broker acknowledges a PUBLISH."""
         self._ack_callbacks.append(callback)
 
-    def subscribe(self, topic: str, callback: MessageCallback, qos: int = STATE_QOS) -> None:
-        """Deliver messages matching `topic` to `callback`, across reconnects."""
+    def subscribe(
+        self,
+        topic: str,
+        callback: MessageCallback,
+        qos: int = STATE_QOS,
+        retain_as_published: bool = False,
+    ) -> None:
+        """Deliver messages matching `topic` to `callback`, across reconnects.
+
+        Filters may overlap (a live view of `pyedge/#` beside a service's own calls): each
+        message reaches each callback once, by the subscription identifier the broker tags
+        it with. With `retain_as_published`, a retained message published while subscribed
+        keeps its retain flag, so a subscriber can tell state from events.
+        """
         with self._lock:
-            self._subscriptions[topic] = (qos, callback)
-            self._client.message_callback_add(topic, self._guarded(callback))
+            previous = self._subscriptions.get(topic)
+            identifier = previous.identifier if previous else next(self._identifiers)
+            subscription = Subscription(topic, qos, callback, identifier, retain_as_published)
+            self._subscriptions[topic] = subscription
             if self.connected:
-                self._client.subscribe(topic, qos)
+                self._subscribe(self._client, subscription)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop delivering `topic` (subscribed with `subscribe`), now and after reconnects."""
         with self._lock:
             if self._subscriptions.pop(topic, None) is None:
                 return
-            self._client.message_callback_remove(topic)
             if self.connected:
                 self._client.unsubscribe(topic)
+
+    @staticmethod
+    def _subscribe(client: mqtt.Client, subscription: Subscription) -> None:
+        """One SUBSCRIBE per filter: an MQTT 5 packet carries one subscription identifier."""
+        if client.protocol != MQTTProtocolVersion.MQTTv5:
+            client.subscribe(subscription.topic, subscription.qos)
+            return
+        properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+        properties.SubscriptionIdentifier = subscription.identifier
+        options = SubscribeOptions(
+            qos=subscription.qos, retainAsPublished=subscription.retain_as_published
+        )
+        client.subscribe(subscription.topic, options=options, properties=properties)
+
+    def _dispatch(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """Hand a message to the callbacks of the subscriptions it came through."""
+        identifiers = getattr(message.properties, "SubscriptionIdentifier", None)
+        with self._lock:
+            subscriptions = list(self._subscriptions.values())
+        for subscription in subscriptions:
+            if identifiers is not None:
+                wanted = subscription.identifier in identifiers
+            else:  # MQTT 3.1.1 has no identifiers: match the filters, as paho would
+                wanted = mqtt.topic_matches_sub(subscription.topic, message.topic)
+            if not wanted:
+                continue
+            try:
+                subscription.callback(message)
+            except Exception:
+                # A bad handler must not take the network thread down with it.
+                logger.exception("handler for %s failed", message.topic)
 
     def publish(
         self,
@@ -202,9 +262,7 @@ class Bus:
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
-        with self._lock:
-            for topic, (_qos, callback) in self._subscriptions.items():
-                client.message_callback_add(topic, self._guarded(callback))
+        client.on_message = self._dispatch
         return client
 
     def _handle_connect(
@@ -229,9 +287,8 @@ class Bus:
             if self._closing:
                 return  # a connect that raced close(): say nothing, close() disconnects
             self.last_error = None
-            subscriptions = [(t, q) for t, (q, _cb) in self._subscriptions.items()]
-            if subscriptions:
-                client.subscribe(subscriptions)
+            for subscription in self._subscriptions.values():
+                self._subscribe(client, subscription)
             for topic in self._status_topics:
                 client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
             self.connections += 1
@@ -297,14 +354,3 @@ class Bus:
             old.loop_stop()
             self._client = self._new_client(MQTTProtocolVersion.MQTTv311)
             self.start()
-
-    @staticmethod
-    def _guarded(callback: MessageCallback) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
-        def deliver(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-            try:
-                callback(message)
-            except Exception:
-                # A bad handler must not take the network thread down with it.
-                logger.exception("handler for %s failed", message.topic)
-
-        return deliver

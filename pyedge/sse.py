@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import socket
+import struct
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 
 MIMETYPE = "text/event-stream"
 # No caching, and no buffering by a reverse proxy (nginx, the hub's proxy): events must
 # arrive as they happen.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A stream whose client stops reading blocks its thread in a write once the socket's
+# buffer is full; after this long the write fails and the thread is free again.
+SEND_TIMEOUT_S = 10
+# Where the WSGI servers PyEdge runs under put the connection's socket.
+SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
 def format_event(
@@ -27,8 +34,19 @@ def format_event(
     return "\n".join(lines) + "\n\n"
 
 
+def hold_stream_socket(environ: Mapping[str, object], timeout: int = SEND_TIMEOUT_S) -> None:
+    """Bound how long a write to this request's client may block (SO_SNDTIMEO)."""
+    for key in SOCKET_KEYS:
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket):
+            # The socket stays blocking for the server: only a stalled write times out.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", timeout, 0))
+            return
+
+
 def event_response(events: Iterable[str]) -> Response:
-    """A streaming response of formatted events."""
+    """A streaming response of formatted events, whose stalled client cannot hold a thread."""
+    hold_stream_socket(request.environ)
     return Response(events, mimetype=MIMETYPE, headers=HEADERS)
 
 

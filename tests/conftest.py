@@ -15,9 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_server import create_app
-from edge_server.broker import Mosquitto, TlsListener
-from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.mqtt_accounts import (
+from edge_server.broker.accounts import (
     ANY_NODE,
     EDGE_SERVER,
     SUBSCRIBER,
@@ -26,6 +24,8 @@ from edge_server.mqtt_accounts import (
     ensure_accounts,
     plan_accounts,
 )
+from edge_server.broker.embedded import Mosquitto, TlsListener
+from edge_server.config import REPO_MQTT_CONFIG
 from edge_server.registry import installed_services
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.auth import Auth

@@ -15,10 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_server.broker import Mosquitto, TlsListener
+from edge_server.broker.accounts import EDGE_SERVER, AccountSpec, ensure_accounts
+from edge_server.broker.embedded import Mosquitto, TlsListener
 from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.mqtt_accounts import EDGE_SERVER, AccountSpec, ensure_accounts
-from edge_server.tls import ensure_certificate
+from edge_server.security.tls import ensure_certificate
 from tests.conftest import OBSERVER, broker_accounts, free_port
 
 EXAMPLE = REPO_MQTT_CONFIG.parent / "bridge.conf.example"

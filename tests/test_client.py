@@ -16,7 +16,7 @@ from werkzeug.serving import make_server
 
 from custom_service import service as custom_service
 from edge_server import create_app
-from edge_server.mqtt_accounts import CONTROLLER, SUBSCRIBER
+from edge_server.broker.accounts import CONTROLLER, SUBSCRIBER
 from pyedge.client import (
     BaseClient,
     Client,

@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 
 from edge_server import create_app
 from edge_server.config import load_settings
-from edge_server.identity import hub_key, hub_public_pem
+from edge_server.network.identity import hub_key, hub_public_pem
 from edge_server.registry import configure, enabled_services
 from pyedge import ConfigError
 from pyedge.auth import EXTENSION as AUTH_EXTENSION

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 
 from edge_server import create_app
 from edge_server.healthcheck import check_http, check_mqtt, listening, main
-from edge_server.tls import ensure_certificate
+from edge_server.security.tls import ensure_certificate
 from tests.conftest import Broker, free_port
 
 REPO = Path(__file__).resolve().parent.parent

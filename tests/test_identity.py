@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask
 
 from edge_server import create_app
-from edge_server.identity import hub_key, hub_public_pem, sign_caller
+from edge_server.network.identity import hub_key, hub_public_pem, sign_caller
 from pyedge.accounts import Identity
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.identity import (

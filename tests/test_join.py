@@ -19,14 +19,15 @@ import pytest
 from flask import Flask
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-import edge_server.join as node_side
-from edge_server import cli, create_app, join_views
-from edge_server.broker import Mosquitto, TlsListener, reload_broker
+import edge_server.network.join as node_side
+from edge_server import cli, create_app
+from edge_server.broker.accounts import load_accounts, load_nodes
+from edge_server.broker.embedded import Mosquitto, TlsListener, reload_broker
 from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.join import JoinError, join_hub, joined_overrides, leave_hub
-from edge_server.join_views import login_accepted
-from edge_server.mqtt_accounts import load_accounts, load_nodes
-from edge_server.tls import ensure_certificate
+from edge_server.network import join_views
+from edge_server.network.join import JoinError, join_hub, joined_overrides, leave_hub
+from edge_server.network.join_views import login_accepted
+from edge_server.security.tls import ensure_certificate
 from pyedge import Bus
 from pyedge.accounts import AccountStore
 from pyedge.bus_config import bus_settings

@@ -26,9 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_server import cli, create_app
-from edge_server.broker import Mosquitto, TlsListener, find_mosquitto, port_open
-from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.mqtt_accounts import (
+from edge_server.broker.accounts import (
     DISCOVERY_PREFIX_KEY,
     AccountError,
     ensure_accounts,
@@ -37,8 +35,10 @@ from edge_server.mqtt_accounts import (
     node_accounts,
     plan_accounts,
 )
+from edge_server.broker.embedded import Mosquitto, TlsListener, find_mosquitto, port_open
+from edge_server.config import REPO_MQTT_CONFIG
 from edge_server.registry import configure
-from edge_server.tls import ensure_certificate
+from edge_server.security.tls import ensure_certificate
 from pyedge import Bus, BusSettings, ConfigError
 from pyedge.bus_config import mqtt_login
 from tests.conftest import OBSERVER, Broker, app_login, free_port, start_broker

@@ -26,8 +26,8 @@ from flask.testing import FlaskClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_server import create_app
-from edge_server.mqtt_accounts import EDGE_SERVER
-from edge_server.remote_listener import LIVE_OFFLINE, RETAINED_OFFLINE
+from edge_server.broker.accounts import EDGE_SERVER
+from edge_server.network.remote_listener import LIVE_OFFLINE, RETAINED_OFFLINE
 from tests.conftest import OBSERVER, Broker, authorized_client, free_port
 from tests.mqtt_recorder import MqttRecorder
 from tests.test_run import PYEDGE, request
@@ -441,7 +441,7 @@ def test_local_wins_malformed_is_ignored_and_shared_slugs_get_node_urls(
         f"pyedge/{other}/container-manager/announce",
     ]
     try:
-        with caplog.at_level(logging.WARNING, logger="edge_server.remote_listener"):
+        with caplog.at_level(logging.WARNING, logger="edge_server.network.remote_listener"):
             publish(broker, topics[0], announcement(node))
             publish(broker, topics[1], announcement(other))
             publish(broker, topics[2], b"{not json")

@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from edge_server import create_app
-from edge_server.openapi_merge import merge_service
-from edge_server.remote import RemoteService
+from edge_server.network.openapi_merge import merge_service
+from edge_server.network.remote import RemoteService
 from tests.conftest import authorized_client
 from tests.probe_service import probe
 

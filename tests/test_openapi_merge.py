@@ -23,11 +23,11 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from edge_server import create_app
-from edge_server.openapi_merge import merge_service
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
-from edge_server.remote import RemoteRegistry, RemoteService
-from edge_server.remote_http import FetchError, fetch_json
-from edge_server.remote_listener import RemoteListener, announced_url
+from edge_server.network.openapi_merge import merge_service
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
+from edge_server.network.remote import RemoteRegistry, RemoteService
+from edge_server.network.remote_http import FetchError, fetch_json
+from edge_server.network.remote_listener import RemoteListener, announced_url
 from pyedge.identity import CALLER_HEADER
 from pyedge.security import Role
 from tests.conftest import authorized_client
@@ -187,7 +187,7 @@ def test_an_announcement_naming_another_openapi_url_is_refused(
 ) -> None:
     listener, registry = bare_listener()
     body = announcement("http://10.0.0.7:8101", openapi="http://10.0.0.7:8101/api/auth/tokens")
-    with caplog.at_level(logging.WARNING, logger="edge_server.remote_listener"):
+    with caplog.at_level(logging.WARNING, logger="edge_server.network.remote_listener"):
         listener._on_announce(message("pyedge/n1/widget/announce", body))
     assert registry.services() == []
     assert any("malformed" in r.message and "openapi" in r.message for r in caplog.records)
@@ -371,7 +371,7 @@ def test_an_announced_url_that_is_no_plain_remote_base_url_is_refused(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     listener, registry = bare_listener()
-    with caplog.at_level(logging.WARNING, logger="edge_server.remote_listener"):
+    with caplog.at_level(logging.WARNING, logger="edge_server.network.remote_listener"):
         listener._on_announce(message("pyedge/n1/widget/announce", announcement(url)))
     assert registry.services() == []
     assert any("malformed" in r.message for r in caplog.records)

@@ -26,14 +26,14 @@ from openapi_spec_validator import validate
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from edge_server import create_app
-from edge_server.broker import Mosquitto
+from edge_server.broker.accounts import ANY_NODE, ensure_accounts, plan_accounts
+from edge_server.broker.embedded import Mosquitto
 from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.identity import hub_key, sign_caller
-from edge_server.mqtt_accounts import ANY_NODE, ensure_accounts, plan_accounts
-from edge_server.proxy import relocated
+from edge_server.network.identity import hub_key, sign_caller
+from edge_server.network.proxy import relocated
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
+from edge_server.network.remote import OFFLINE, RemoteRegistry, RemoteService
 from edge_server.registry import installed_services
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
-from edge_server.remote import OFFLINE, RemoteRegistry, RemoteService
 from pyedge import EdgeService, Session
 from pyedge.accounts import Identity
 from pyedge.auth import EXTENSION as AUTH_EXTENSION

@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from custom_service import service as custom_service
 from edge_server import create_app
-from edge_server.mqtt_accounts import CONTROLLER, SUBSCRIBER
+from edge_server.broker.accounts import CONTROLLER, SUBSCRIBER
 from pyedge import EdgeService, Session
 from pyedge.security import Role
 from tests.conftest import OBSERVER, Broker, authorized_client

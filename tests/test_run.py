@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from edge_server import broker, cli
-from edge_server.broker import port_open
-from edge_server.mqtt_accounts import SUBSCRIBER, load_accounts
+from edge_server import cli
+from edge_server.broker import embedded as broker
+from edge_server.broker.accounts import SUBSCRIBER, load_accounts
+from edge_server.broker.embedded import port_open
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 from tests.conftest import free_port

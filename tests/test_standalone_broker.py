@@ -25,24 +25,24 @@ from typing import Any
 
 import pytest
 
-from edge_server import standalone_broker
-from edge_server.broker import BrokerError, find_mosquitto, port_open
-from edge_server.config import load_settings
-from edge_server.mqtt_accounts import (
+from edge_server.broker import standalone as standalone_broker
+from edge_server.broker.accounts import (
     CONTROLLER,
     EDGE_SERVER,
     SUBSCRIBER,
     AccountError,
     load_accounts,
 )
-from edge_server.registry import installed_services
-from edge_server.standalone_broker import (
+from edge_server.broker.embedded import BrokerError, find_mosquitto, port_open
+from edge_server.broker.standalone import (
     CREDENTIALS_FILE,
     drop_privileges,
     hand_out,
     login_dirs,
     prepare,
 )
+from edge_server.config import load_settings
+from edge_server.registry import installed_services
 from pyedge.config import LoadedConfig
 from pyedge.service import topic_root
 from tests.conftest import free_port
@@ -132,7 +132,7 @@ def test_login_dirs_are_the_slug_named_directories(
     (credentials / "Bad_Name").mkdir()
     (credentials / "9lives").mkdir()
     (credentials / "notes-file").write_text("a file, not a volume")
-    with caplog.at_level(logging.WARNING, logger="edge_server.standalone_broker"):
+    with caplog.at_level(logging.WARNING, logger="edge_server.broker.standalone"):
         found = login_dirs(credentials)
     assert found == {
         name: credentials / name for name in ("device-service", EDGE_SERVER, MY_SERVICE)
@@ -320,7 +320,8 @@ def has_user(name: str) -> bool:
 # The image's user is `pyedge`; on the test machine, drop to `nobody` instead.
 BECOME_BROKER = f"""
 import sys
-from edge_server import cli, standalone_broker
+from edge_server import cli
+from edge_server.broker import standalone as standalone_broker
 standalone_broker.drop_privileges.__defaults__ = ({UNPRIVILEGED!r},)
 sys.exit(cli.main(["broker", "--credentials", sys.argv[1]]))
 """

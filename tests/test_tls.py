@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from edge_server import cli, create_app
 from edge_server.config import load_settings
-from edge_server.tls import CertificateError, TlsFiles, ensure_certificate, server_tls
+from edge_server.security.tls import CertificateError, TlsFiles, ensure_certificate, server_tls
 from pyedge import ConfigError
 from pyedge.security import Role
 from tests.conftest import free_port
@@ -62,7 +62,7 @@ def make_pair(directory: Path, name: str, days: int = 30) -> tuple[Path, Path]:
 
 
 def sha256_colons(der: bytes) -> str:
-    """The fingerprint as browsers show it, computed here independently of edge_server.tls."""
+    """The fingerprint as browsers show it, computed independently of edge_server.security.tls."""
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 

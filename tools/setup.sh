@@ -24,7 +24,7 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.installed"
 MIN_PYTHON="3.11"
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH
-# (same places as edge_server/broker.py looks).
+# (same places as edge_server/broker/embedded.py looks).
 SBIN_DIRS=(/usr/local/sbin /usr/sbin /sbin)
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge_server import create_app
-from edge_server.broker import Mosquitto
+from edge_server.broker.embedded import Mosquitto
 from edge_server.config import REPO_MQTT_CONFIG
 from tests.conftest import (
     Broker,

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 from openapi_spec_validator import validate
 
-from edge_server.mqtt_accounts import CONTROLLER, load_accounts
+from edge_server.broker.accounts import CONTROLLER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.client import Client, MqttClient
 from pyedge.security import Role

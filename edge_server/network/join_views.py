@@ -10,7 +10,7 @@ logins show the change is live: every account of a joining node accepted, every 
 one refused. Mosquitto 2.0 re-checks the connected clients at the reload: a revoked
 account's connections are closed then, and its reconnects refused.
 
-The node's side (`pyedge join`, `pyedge leave`) is edge_server.join.
+The node's side (`pyedge join`, `pyedge leave`) is edge_server.network.join.
 """
 
 from __future__ import annotations
@@ -35,17 +35,7 @@ from flask_smorest import abort
 from marshmallow import Schema, fields, validate
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge_server.broker import (
-    LOOPBACK,
-    BrokerError,
-    broker_dir,
-    broker_listeners,
-    broker_pid,
-    reload_broker,
-)
-from edge_server.identity import hub_public_pem
-from edge_server.join import NO_JOINED_NODE, utc_now
-from edge_server.mqtt_accounts import (
+from edge_server.broker.accounts import (
     AccountError,
     check_joined,
     ensure_accounts,
@@ -55,8 +45,18 @@ from edge_server.mqtt_accounts import (
     load_nodes,
     save_nodes,
 )
+from edge_server.broker.embedded import (
+    LOOPBACK,
+    BrokerError,
+    broker_dir,
+    broker_listeners,
+    broker_pid,
+    reload_broker,
+)
+from edge_server.network.identity import hub_public_pem
+from edge_server.network.join import NO_JOINED_NODE, utc_now
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
 from edge_server.registry import installed_services
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
 from pyedge.auth import deny
 from pyedge.config import NODE_ID_RE, SLUG_RE
 from pyedge.security import Blueprint, Role, requires

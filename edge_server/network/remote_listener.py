@@ -1,4 +1,4 @@
-"""Fills the services tree (edge_server.remote) from the bus, and health-checks what it holds.
+"""Fills the services tree (network.remote) from the bus, and health-checks what it holds.
 
 An edge-server whose EDGE_ROLE is `node` listens to the announcements and statuses of its
 own node id; a `hub` to those of every node on the broker; `solo` to none. Retained
@@ -26,8 +26,8 @@ import marshmallow as ma
 import paho.mqtt.client as mqtt
 from flask import Flask
 
-from edge_server.remote import EXTENSION, OFFLINE, ONLINE, RemoteRegistry, RemoteService
-from edge_server.remote_http import FetchError, fetch_json
+from edge_server.network.remote import EXTENSION, OFFLINE, ONLINE, RemoteRegistry, RemoteService
+from edge_server.network.remote_http import FetchError, fetch_json
 from pyedge import ServiceHost
 from pyedge.service import topic_root
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_server.mqtt_accounts import (
+from edge_server.broker.accounts import (
     EDGE_SERVER,
     AccountSpec,
     BrokerAccounts,
@@ -26,7 +26,7 @@ from edge_server.mqtt_accounts import (
     load_nodes,
     node_accounts,
 )
-from edge_server.tls import server_tls
+from edge_server.security.tls import server_tls
 from pyedge import PyEdgeError
 from pyedge.config import LoadedConfig
 from pyedge.service import topic_root

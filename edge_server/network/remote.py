@@ -3,7 +3,7 @@
 A service started with `pyedge serve` announces itself retained on
 `<root>/<node>/<slug>/announce` and keeps `<root>/<node>/<slug>/status` `online` (its last
 will says `offline`). The registry holds what those messages say; the edge-server proxies
-to what it holds (edge_server.proxy) and lists it in /api/services and /api/nodes.
+to what it holds (edge_server.network.proxy) and lists it in /api/services and /api/nodes.
 """
 
 from __future__ import annotations

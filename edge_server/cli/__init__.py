@@ -20,10 +20,14 @@ from typing import Any
 
 import click
 
-from edge_server import cli_auth, cli_mqtt, cli_network, runner, standalone_broker
-from edge_server import serve as serve_module
+from edge_server.broker import standalone as standalone_broker
+from edge_server.cli import auth as cli_auth
+from edge_server.cli import mqtt as cli_mqtt
+from edge_server.cli import network as cli_network
 from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
+from edge_server.serving import runner
+from edge_server.serving import serve as serve_module
 from pyedge import ConfigError, PyEdgeError, __version__
 from pyedge.config import LoadedConfig
 

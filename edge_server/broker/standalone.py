@@ -24,17 +24,17 @@ import os
 import pwd
 from pathlib import Path
 
-from edge_server.broker import BrokerError, broker_dir, embedded_broker, find_mosquitto
-from edge_server.files import write_atomic
-from edge_server.mqtt_accounts import (
+from edge_server.broker.accounts import (
     CONTROLLER,
     EDGE_SERVER,
     HOME_ASSISTANT,
     SUBSCRIBER,
     BrokerAccounts,
 )
+from edge_server.broker.embedded import BrokerError, broker_dir, embedded_broker, find_mosquitto
+from edge_server.files import write_atomic
 from edge_server.registry import installed_services
-from edge_server.tls import TLS_DIR
+from edge_server.security.tls import TLS_DIR
 from pyedge.config import SLUG_RE, LoadedConfig
 
 logger = logging.getLogger(__name__)

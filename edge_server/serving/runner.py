@@ -22,9 +22,9 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from edge_server.app import PROCESS_SLUG, create_app
-from edge_server.broker import embedded_broker, solo_login
+from edge_server.broker.embedded import embedded_broker, solo_login
 from edge_server.registry import installed_services
-from edge_server.tls import TlsFiles, server_tls
+from edge_server.security.tls import TlsFiles, server_tls
 from pyedge import PyEdgeError
 from pyedge.bus_config import bus_settings
 from pyedge.config import LoadedConfig
@@ -95,7 +95,7 @@ class EdgeServerApplication(BaseApplication):  # type: ignore[misc]
             "bind": f"{s['EDGE_HTTP_HOST']}:{s['EDGE_HTTP_PORT']}",
             "workers": 1,
             "worker_class": "gthread",
-            "threads": s["EDGE_HTTP_THREADS"],
+            "threads": s["EDGE_HTTP_THREADS"] + s["EDGE_SSE_CLIENTS"],
             "timeout": 120,
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "loglevel": s["EDGE_LOG_LEVEL"].lower(),

@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from flask_smorest import Api
 
-from edge_server.identity import sign_caller
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
-from edge_server.remote import AmbiguousService, RemoteRegistry, RemoteService
-from edge_server.remote_http import FetchError, fetch_json
+from edge_server.network.identity import sign_caller
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
+from edge_server.network.remote import AmbiguousService, RemoteRegistry, RemoteService
+from edge_server.network.remote_http import FetchError, fetch_json
 from pyedge.accounts import Identity
 from pyedge.host import EXTENSION as HOST_EXTENSION
 from pyedge.security import Role

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_server.files import write_atomic
-from edge_server.join import JOIN_FILE
+from edge_server.network.join import JOIN_FILE
 from pyedge.accounts import Identity
 from pyedge.identity import (
     CALLER_HEADER,

@@ -1,47 +1,25 @@
-"""Pages outside the API: the front page, login and first run, Swagger UI's local assets."""
+"""Pages anyone may reach: login, first run and logout; the stylesheet; Swagger UI's assets."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import (
-    Blueprint,
-    Response,
-    current_app,
-    g,
-    redirect,
-    render_template,
-    request,
-    send_from_directory,
-    url_for,
-)
+from flask import Response, redirect, render_template, request, send_from_directory, url_for
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge_server.views import services_tree
-from pyedge import ServiceHost
+from edge_server.dashboard.pages import bp
 from pyedge.accounts import AccountError
 from pyedge.auth import LoginRefused, current_auth
 from pyedge.security import public
 
 # Swagger UI is served from the installed package: a Pi may have no internet.
 SWAGGER_ASSETS_URL = "/api/docs/assets/"
-
-bp = Blueprint("pages", __name__)
-
-
-@bp.get("/")
-def index() -> str:
-    """List the services, local and remote, and their health."""
-    host: ServiceHost = current_app.extensions["pyedge"]
-    return render_template(
-        "index.html",
-        health=host.health(),
-        services=services_tree(),
-        identity=g.identity,
-        csrf_token=current_auth().csrf_token(),
-    )
+STATIC_DIR = Path(__file__).parent / "static"
+# Assets change with the release; a day's caching is plenty on a device's network.
+ASSET_MAX_AGE_S = 3600
 
 
 def safe_next(target: str | None) -> str:
@@ -125,6 +103,19 @@ def logout_page() -> BaseResponse:
     auth.check_csrf()
     auth.logout()
     return redirect(url_for("pages.login_page"))
+
+
+@public
+@bp.get("/static/css/<path:filename>")
+def css(filename: str) -> Response:
+    """The stylesheet, which the login page needs before anyone has logged in."""
+    return send_from_directory(STATIC_DIR / "css", filename, max_age=ASSET_MAX_AGE_S)
+
+
+@bp.get("/static/<path:filename>")
+def assets(filename: str) -> Response:
+    """The dashboard's scripts and vendored assets, to a logged-in caller."""
+    return send_from_directory(STATIC_DIR, filename, max_age=ASSET_MAX_AGE_S)
 
 
 @bp.get(f"{SWAGGER_ASSETS_URL}<path:filename>")

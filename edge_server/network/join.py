@@ -8,7 +8,7 @@ forwarded callers with), and `hub-ca.pem` (the hub's HTTPS CA given with --ca, f
 The hub's admin token, the broker passwords and the hub's key cross the network here:
 a plain http:// hub URL is refused unless it is a loopback one or `insecure_http` is
 given, and a redirect is never followed (the token would go along to wherever it points).
-The hub's side (its API) is edge_server.join_views.
+The hub's side (its API) is edge_server.network.join_views.
 """
 
 from __future__ import annotations

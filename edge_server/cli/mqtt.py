@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
-from edge_server.broker import LOOPBACK
+from edge_server.broker.accounts import Account, BrokerAccounts, load_accounts
+from edge_server.broker.embedded import LOOPBACK
 from edge_server.config import load_settings
-from edge_server.mqtt_accounts import Account, BrokerAccounts, load_accounts
-from edge_server.tls import CERT_FILE, TLS_DIR
+from edge_server.security.tls import CERT_FILE, TLS_DIR
 from pyedge import PyEdgeError
 
 EXIT_CONFIG = 2

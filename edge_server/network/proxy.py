@@ -3,7 +3,7 @@
 A service serving on its own (`pyedge serve`) is reached through the edge-server, which
 holds the caller's credentials: the hub needs `viewer` for any proxied request, strips the
 client's own credentials and sends the caller signed with its key instead
-(edge_server.identity), and the service enforces its own roles on that caller. Bodies are
+(edge_server.network.identity), and the service enforces its own roles on that caller. Bodies are
 streamed both ways, never buffered, so that uploads stay bounded and events (SSE) arrive
 as they are sent.
 
@@ -34,10 +34,10 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from edge_server.identity import hub_key, sign_caller
-from edge_server.remote import EXTENSION as REMOTE_EXTENSION
-from edge_server.remote import AmbiguousService, RemoteRegistry, RemoteService
-from edge_server.remote_http import tls_options
+from edge_server.network.identity import hub_key, sign_caller
+from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
+from edge_server.network.remote import AmbiguousService, RemoteRegistry, RemoteService
+from edge_server.network.remote_http import tls_options
 from pyedge.accounts import Identity
 from pyedge.auth import current_auth
 from pyedge.host import EXTENSION as HOST_EXTENSION

@@ -9,7 +9,7 @@ from flask import g, request
 from flask.views import MethodView
 from flask_smorest import abort
 
-from edge_server.auth_schemas import (
+from edge_server.security.schemas import (
     AuditArgs,
     AuditEntrySchema,
     IdentitySchema,

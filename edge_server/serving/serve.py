@@ -1,6 +1,6 @@
 """Network mode: `pyedge serve <slug>`, one service in a gunicorn process of its own.
 
-It serves exactly like `pyedge run` (one gthread worker, see edge_server.runner) but with
+It serves exactly like `pyedge run` (one gthread worker, see edge_server.serving.runner) but with
 EDGE_SERVICES=[slug], its own HTTP port, never the embedded broker, and the service's own
 broker account, so the service's status topic carries the process's last will and its
 announcement tells the network where its API is.
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from edge_server.join import joined_overrides
-from edge_server.mqtt_accounts import AccountError, load_accounts
+from edge_server.broker.accounts import AccountError, load_accounts
+from edge_server.network.join import joined_overrides
 from edge_server.registry import configure
-from edge_server.runner import NodeLocked, hold_lock, https_files, serve_app
+from edge_server.serving.runner import NodeLocked, hold_lock, https_files, serve_app
 from pyedge import ConfigError
 from pyedge.bus_config import CREDENTIALS, PASSWORD, USERNAME, bus_settings
 from pyedge.config import LoadedConfig

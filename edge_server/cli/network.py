@@ -1,7 +1,7 @@
 """`pyedge join` and `pyedge leave`: this device's services on a hub's broker (network mode).
 
 Both need an admin token of the hub (the root group's --token, or PYEDGE_TOKEN) and work
-on this device's data dir, where `pyedge serve` then finds the accounts (edge_server.join).
+on this device's data dir, where `pyedge serve` then finds the accounts (edge_server.network.join).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from edge_server.config import load_settings
-from edge_server.join import JoinError, join_hub, leave_hub, network_dir
+from edge_server.network.join import JoinError, join_hub, leave_hub, network_dir
 from edge_server.registry import installed_services
 from pyedge import PyEdgeError
 

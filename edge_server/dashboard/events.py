@@ -1,0 +1,294 @@
+"""The live channel: bus messages streamed to browsers as Server-Sent Events.
+
+One subscription to the site's topic root feeds every client (never one MQTT client per
+browser). The MQTT network thread only formats a message once and offers it to each
+client's bounded queue; a client whose queue is full has stopped reading and is dropped,
+so it can neither grow memory nor slow the others. Retained messages are kept as the
+snapshot a client gets when it connects, and the last events are kept so that a browser
+reconnecting with `Last-Event-ID` gets what it missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import marshmallow as ma
+from flask import Flask, current_app, g, request
+from flask.views import MethodView
+from flask_smorest import abort
+from paho.mqtt.client import MQTTMessage, topic_matches_sub
+
+from pyedge import ServiceHost
+from pyedge.security import Blueprint, Role, requires
+from pyedge.service import topic_root
+from pyedge.sse import HEADERS, MIMETYPE, doc, hold_stream_socket
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "pyedge.events"
+# Per client: events waiting to be written. A browser reads them as they come; a client
+# this far behind is not reading.
+QUEUE_SIZE = 256
+# Events kept for clients that reconnect with Last-Event-ID.
+HISTORY = 1000
+# A retry hint to EventSource, in milliseconds.
+RETRY_MS = 3000
+# Topics a viewer never sees: operation calls and their answers carry other callers'
+# parameters and results. Relative to the topic root.
+OPERATOR_ONLY = ("+/+/ops/+/call", "+/+/reply/#")
+MAX_FILTERS = 16
+
+
+class EventsArgs(ma.Schema):
+    """The topic filters to stream."""
+
+    topic = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Length(1, 512)),
+        load_default=list,
+        validate=ma.validate.Length(max=MAX_FILTERS),
+        metadata={"description": "MQTT topic filters under the site's root (default: all)"},
+    )
+
+
+@dataclass(eq=False)
+class Client:
+    """One open stream: its filters, its role and its queue."""
+
+    filters: tuple[str, ...]
+    role: Role
+    queue: queue.Queue[str | None] = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
+    dropped: bool = False
+
+    def wants(self, topic: str) -> bool:
+        """True if one of the client's filters matches `topic`."""
+        return any(topic_matches_sub(sub, topic) for sub in self.filters)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A bus message as it is streamed: its sequence number, topic and formatted text."""
+
+    seq: int
+    topic: str
+    text: str
+    retained: bool
+
+
+def payload_of(message: MQTTMessage) -> Any:
+    """The message's payload: JSON when it parses, else text."""
+    text = message.payload.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class EventHub:
+    """The process's one subscription to the bus, fanned out to every open stream."""
+
+    def __init__(self, root: str, max_clients: int, heartbeat: float) -> None:
+        self.root = root
+        self.max_clients = max_clients
+        self.heartbeat = heartbeat
+        # A new boot id per process: an id from before a restart is not ours to resume.
+        self.boot = secrets.token_hex(4)
+        self._seq = itertools.count(1)
+        self._clients: set[Client] = set()
+        self._history: deque[Event] = deque(maxlen=HISTORY)
+        self._retained: dict[str, Event] = {}
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def attach(self, host: ServiceHost) -> None:
+        """Subscribe to everything under the topic root, through the host's bus."""
+        assert host.bus is not None, "the host's init_app first"
+        host.bus.subscribe(f"{self.root}/#", self.on_message, retain_as_published=True)
+
+    @property
+    def clients(self) -> int:
+        """Streams open now."""
+        return len(self._clients)
+
+    def on_message(self, message: MQTTMessage) -> None:
+        """Format the message once and offer it to every client that wants it."""
+        topic = message.topic
+        with self._lock:
+            seq = next(self._seq)
+            data = {"topic": topic, "payload": payload_of(message), "retained": message.retain}
+            event = Event(seq, topic, self.format(seq, data), bool(message.retain))
+            if message.retain:
+                if message.payload:
+                    self._retained[topic] = event
+                else:  # an empty retained message clears the topic
+                    self._retained.pop(topic, None)
+            self._history.append(event)
+            clients = list(self._clients)
+        for client in clients:
+            if (
+                client.dropped
+                or not client.wants(topic)
+                or not may_see(client.role, self.root, topic)
+            ):
+                continue
+            try:
+                client.queue.put_nowait(event.text)
+            except queue.Full:
+                self.drop(client)
+
+    def format(self, seq: int, data: dict[str, Any]) -> str:
+        """One SSE event: the boot-qualified id, the `message` event, JSON data."""
+        body = json.dumps(data, separators=(",", ":"))
+        return f"id: {self.boot}-{seq}\nevent: message\ndata: {body}\n\n"
+
+    def drop(self, client: Client) -> None:
+        """Stop feeding a client that is not reading; its stream ends."""
+        with self._lock:
+            if client in self._clients:
+                self._clients.discard(client)
+                self.dropped += 1
+                client.dropped = True
+        logger.info("dropped an event stream that stopped reading (%d open)", self.clients)
+
+    def open(self, filters: tuple[str, ...], role: Role, last_id: str | None) -> Client:
+        """Register a stream; its first events are what it missed, or the retained state."""
+        client = Client(filters, role)
+        with self._lock:
+            if len(self._clients) >= self.max_clients:
+                raise StreamsFull(len(self._clients))
+            for event in self._backlog(last_id):
+                if client.wants(event.topic) and may_see(role, self.root, event.topic):
+                    client.queue.put_nowait(event.text)
+                    if client.queue.full():
+                        break
+            self._clients.add(client)
+        return client
+
+    def close_client(self, client: Client) -> None:
+        """Forget a stream that ended."""
+        with self._lock:
+            self._clients.discard(client)
+
+    def close(self) -> None:
+        """End every stream (the process is stopping)."""
+        with self._lock:
+            clients, self._clients = list(self._clients), set()
+        for client in clients:
+            client.dropped = True
+            with contextlib.suppress(queue.Full):
+                client.queue.put_nowait(None)
+
+    def _backlog(self, last_id: str | None) -> Iterable[Event]:
+        """Events after `last_id` when we still hold them, else the retained snapshot."""
+        if last_id:
+            boot, _, seq = last_id.partition("-")
+            if boot == self.boot and seq.isdigit() and self._history:
+                after = int(seq)
+                if self._history[0].seq <= after + 1:
+                    return [event for event in self._history if event.seq > after]
+        return sorted(self._retained.values(), key=lambda event: event.seq)
+
+    def stream(self, client: Client) -> Iterator[str]:
+        """The stream's text: the retry hint, then events and heartbeat comments."""
+        try:
+            yield f"retry: {RETRY_MS}\n: {self.boot}\n\n"
+            while not client.dropped:
+                try:
+                    text = client.queue.get(timeout=self.heartbeat)
+                except queue.Empty:
+                    yield ": keep-alive\n\n"
+                    continue
+                if text is None:
+                    return
+                yield text
+        finally:
+            self.close_client(client)
+
+
+class StreamsFull(Exception):
+    """Every stream slot is taken."""
+
+
+def may_see(role: Role, root: str, topic: str) -> bool:
+    """True if a caller of `role` may receive `topic` (a topic under the root)."""
+    if role >= Role.OPERATOR:
+        return True
+    relative = topic[len(root) + 1 :]
+    return not any(topic_matches_sub(sub, relative) for sub in OPERATOR_ONLY)
+
+
+def check_filter(root: str, sub: str) -> str | None:
+    """Why `sub` cannot be streamed, or None: a valid MQTT filter under the site's root."""
+    levels = sub.split("/")
+    for index, level in enumerate(levels):
+        if ("#" in level and (level != "#" or index != len(levels) - 1)) or (
+            "+" in level and level != "+"
+        ):
+            return f"{sub!r} is not a valid MQTT topic filter"
+    root_levels = root.split("/")
+    for index, level in enumerate(root_levels):
+        if index >= len(levels):
+            return f"{sub!r} is outside this site's topics ({root}/#)"
+        if levels[index] != level:
+            return f"{sub!r} is outside this site's topics ({root}/#)"
+    return None
+
+
+def hub() -> EventHub:
+    """The app's event hub."""
+    found: EventHub = current_app.extensions[EXTENSION]
+    return found
+
+
+blp = Blueprint("events", __name__, url_prefix="/api", description="Live bus messages (SSE)")
+
+
+@blp.route("/events")
+class Events(MethodView):
+    @requires(Role.VIEWER)
+    @blp.arguments(EventsArgs, location="query")
+    @blp.doc(**doc("bus messages as Server-Sent Events"))
+    def get(self, args: dict[str, Any]) -> Any:
+        """Stream bus messages under the site's root as Server-Sent Events."""
+        events = hub()
+        filters = tuple(dict.fromkeys(args["topic"])) or (f"{events.root}/#",)
+        for sub in filters:
+            problem = check_filter(events.root, sub)
+            if problem:
+                abort(HTTPStatus.FORBIDDEN, message=problem)
+        last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+        try:
+            client = events.open(filters, g.identity.role, last_id)
+        except StreamsFull as exc:
+            abort(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                message=f"{exc.args[0]} event streams are open, the most this server holds",
+                headers={"Retry-After": "5"},
+            )
+        hold_stream_socket(request.environ)
+        return current_app.response_class(events.stream(client), mimetype=MIMETYPE, headers=HEADERS)
+
+
+def init_app(app: Flask, host: ServiceHost, api: Any) -> EventHub:
+    """Create the app's hub on the host's bus and mount `GET /api/events`."""
+    settings = app.config
+    events = EventHub(
+        topic_root(settings.get("EDGE_SITE", "")),
+        max_clients=settings["EDGE_SSE_CLIENTS"],
+        heartbeat=settings["EDGE_SSE_HEARTBEAT"],
+    )
+    events.attach(host)
+    app.extensions[EXTENSION] = events
+    api.register_blueprint(blp)
+    host.close_hooks.append(events.close)
+    return events

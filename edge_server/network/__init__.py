@@ -1,0 +1,1 @@
+"""Network mode: the services tree learnt from the bus, the proxy, the merged OpenAPI, joining."""

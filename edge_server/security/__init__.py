@@ -1,0 +1,1 @@
+"""Security: the account and token API, and the node's TLS certificate."""
