@@ -14,7 +14,7 @@ EDGE_ENV := EDGE_HTTP_HOST EDGE_HTTP_PORT EDGE_MQTT_PORT EDGE_DATA_DIR EDGE_TLS 
 	EDGE_ROLE EDGE_SERVICES
 $(foreach v,$(EDGE_ENV),$(if $(filter undefined,$(origin $(v))),,$(eval export $(v))))
 
-.PHONY: help setup run test lint format bench clean up down logs
+.PHONY: help setup run test lint format bench clean up down logs screenshots
 
 help: ## List the targets (the default)
 	@printf 'Usage: make TARGET [PYTEST_ARGS=...] [EDGE_HTTP_PORT=...]\n\nTargets:\n'
@@ -31,6 +31,10 @@ run: ## Solo mode: `pyedge run` (Mosquitto + edge-server) with the EDGE_* settin
 test: ## Run pytest (extra arguments: PYTEST_ARGS=...); "no tests collected" fails too
 	@$(SETUP) test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+screenshots: ## Retake the dashboard's screenshots in docs/screenshots (the browser tests)
+	@$(SETUP) test
+	PYEDGE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/dashboard
 
 up: ## The compose bundle: .env if missing, docker compose up -d --build, wait until healthy
 	@bash tools/compose.sh up

@@ -1,6 +1,7 @@
 """container-manager: containers, images and apps on the device through the Docker SDK."""
 
-from container_manager import app_views, views  # noqa: F401  (registers the REST resources)
+# Importing them registers the REST resources (and the admin page's panel).
+from container_manager import admin, app_views, views  # noqa: F401
 from container_manager.service import service
 
 __all__ = ["service"]

@@ -7,8 +7,8 @@ from typing import Any
 
 from device_service.config import SETTINGS
 from device_service.device import Device
-from device_service.schemas import PurgeParams, ReadParams
-from pyedge import EdgeService, OperationFailed, ServiceRuntime, Session
+from device_service.schemas import PurgeParams, ReadParams, SensorPatchSchema
+from pyedge import AdminPanel, EdgeService, OperationFailed, ServiceRuntime, Session
 from pyedge.security import Role
 
 service = EdgeService(
@@ -106,6 +106,21 @@ service.process("acquire", acquire, autostart=acquire_autostart)
 service.task("read", read, params=ReadParams)
 # Deleting history is a change to the node's data, not an operator's daily work.
 service.task("purge_history", purge_history, params=PurgeParams, role=Role.ADMIN)
+
+# The admin page's own section: each sensor's cadence and calibration, changed in place
+# through PATCH /sensors/<name> (views.py) until the next restart.
+service.admin_panel(
+    AdminPanel(
+        title="Sensors",
+        description="Interval and calibration of each sensor (reading = raw * scale + offset). "
+        "A change takes effect at once and lasts until the service restarts: the sensors "
+        "file stays the source.",
+        source="sensors",
+        columns=("name", "driver", "interval", "offset", "scale", "available"),
+        edit="sensors/{name}",
+        form=SensorPatchSchema,
+    )
+)
 
 
 @service.health_check

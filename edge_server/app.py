@@ -76,10 +76,13 @@ def create_app(
     """
     settings, services = configure(config, services)
 
-    # No app-wide static folder: the dashboard serves its own assets (one public, the CSS).
-    app = Flask(__name__, static_folder=None)
+    # The dashboard's templates are the app's, so that they win over flask-smorest's own
+    # (its Swagger UI page gets the CSRF token). No static folder: the dashboard serves
+    # its assets itself (only the stylesheet is public).
+    app = Flask(__name__, static_folder=None, template_folder="dashboard/templates")
     app.config.update(OPENAPI_CONFIG)
     app.config.update(settings)
+    app.extensions["pyedge.settings"] = settings  # each value's source, for the admin pages
     # Under TLS the browser must never send the session cookie over plain HTTP.
     app.config["SESSION_COOKIE_SECURE"] = settings["EDGE_TLS"]
     slug = process_slug(settings, services)

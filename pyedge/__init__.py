@@ -1,5 +1,6 @@
 """PyEdge SDK: declare a service once, run it in the edge-server or on its own."""
 
+from pyedge.admin import AdminPanel
 from pyedge.bus import Bus, BusSettings
 from pyedge.config import ConfigError, Setting
 from pyedge.errors import OperationConflict, OperationFailed, PyEdgeError, UnknownOperation
@@ -9,6 +10,7 @@ from pyedge.service import Degraded, EdgeService, Health, ServiceRuntime
 from pyedge.version import __version__
 
 __all__ = [
+    "AdminPanel",
     "Bus",
     "BusSettings",
     "ConfigError",

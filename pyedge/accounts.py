@@ -104,6 +104,21 @@ def check_name(name: str) -> str:
     return name
 
 
+# SQLite's words for a taken name, in the words of the API.
+TAKEN = {
+    "users.name": "a user of that name already exists",
+    "tokens.name": "a token of that name already exists",
+}
+
+
+def duplicate(exc: sqlite3.IntegrityError) -> str:
+    """A readable message for a name that is taken (SQLite says which column)."""
+    for column, message in TAKEN.items():
+        if column in str(exc):
+            return message
+    return f"already exists ({exc})"
+
+
 class AccountStore:
     """The node's accounts in `<data_dir>/accounts.db`."""
 
@@ -156,7 +171,7 @@ class AccountStore:
             with transaction(db, write):
                 yield db
         except sqlite3.IntegrityError as exc:
-            raise AccountError(f"already exists ({exc})") from exc
+            raise AccountError(duplicate(exc)) from exc
         except sqlite3.Error as exc:
             raise AccountError(f"accounts {self.path}: {exc}") from exc
         finally:

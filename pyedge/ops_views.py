@@ -134,6 +134,7 @@ def describe(op: Operation, session: Session) -> dict[str, Any]:
     return {
         "name": op.name,
         "kind": op.kind,
+        "role": op.role.label,
         "description": op.description,
         "params_schema": json_schema(op.params),
         "session": session.to_dict(),

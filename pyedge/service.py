@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import marshmallow as ma
 from flask import current_app
 
-from pyedge import ops_views
+from pyedge import admin_views, ops_views
+from pyedge.admin import AdminPanel, RingHandler, attach_log, detach_log, log_package
 from pyedge.config import SLUG_RE, ConfigError, Section, Setting
 from pyedge.errors import PyEdgeError
 from pyedge.operations import (
@@ -93,6 +94,9 @@ class EdgeService:
         self.health_checks: list[HealthCheck] = []
         self.start_hooks: list[LifecycleHook] = []
         self.stop_hooks: list[LifecycleHook] = []
+        self.admin_panels: list[AdminPanel] = []
+        # The logger whose records the admin page shows: the declaring module's package.
+        self.log_package = log_package(import_name)
         self.blueprint = Blueprint(
             slug,
             import_name or __name__,
@@ -100,6 +104,7 @@ class EdgeService:
             description=description or title,
         )
         ops_views.add_generic_routes(self)
+        admin_views.add_admin_routes(self)
 
     def task(
         self,
@@ -182,6 +187,17 @@ class EdgeService:
         self.stop_hooks.append(hook)
         return hook
 
+    def admin_panel(self, panel: AdminPanel) -> AdminPanel:
+        """Register a panel of the service's admin page (shown after the generic sections).
+
+        The panel is data, drawn by the dashboard: its `source` is an endpoint of this
+        service, its `edit` another one, with the `form` schema as the edit form.
+        """
+        if any(known.title == panel.title for known in self.admin_panels):
+            raise ValueError(f"admin panel {panel.title!r} is already registered on {self.slug}")
+        self.admin_panels.append(panel)
+        return panel
+
     def runtime(self) -> ServiceRuntime:
         """This service's runtime in the current Flask app."""
         runtime: ServiceRuntime = current_app.extensions["pyedge"].runtimes[self.slug]
@@ -232,6 +248,7 @@ class ServiceRuntime:
         self.responder = OpResponder(self)
         # What the service's start hooks set up for this runtime (an outbox, a thread).
         self.extras: dict[str, Any] = {}
+        self._log: RingHandler | None = None
 
     @property
     def slug(self) -> str:
@@ -245,6 +262,10 @@ class ServiceRuntime:
     def start(self) -> None:
         """Announce the service on the bus and start its autostart Processes."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # First: what the start hooks log is the admin page's to show too.
+        # The runner names each operation's thread <slug>-<op>.
+        threads = [f"{self.slug}-{name}" for name in self.service.operations]
+        self._log = attach_log(self.slug, self.service.log_package, threads)
         self.responder.start()  # before `online`: a caller who saw it is heard
         self.bus.add_status_topic(self.topic("status"))
         self.bus.on_connect(self.publish_all_sessions)
@@ -284,6 +305,13 @@ class ServiceRuntime:
                 hook(self)
             except Exception:
                 logger.exception("stop hook of %s failed", self.slug)
+        if self._log is not None:
+            self._log = None
+            detach_log(self.slug)
+
+    def log_lines(self) -> list[dict[str, str]]:
+        """The service's recent log records, oldest first (none while it is not running)."""
+        return self._log.lines() if self._log is not None else []
 
     def publish_session(self, snapshot: dict[str, Any]) -> None:
         """Publish a session snapshot, retained, so late subscribers see the current state.
@@ -301,19 +329,42 @@ class ServiceRuntime:
 
     def health(self) -> Health:
         """Run the health checks; a Process that ended in failure also degrades the service."""
+        failed = self._failed_process()
+        if failed is not None:
+            return failed
+        details = []
+        for check in self.service.health_checks:
+            result = self.run_check(check)
+            if not result.ok:
+                return result
+            if result.detail:
+                details.append(result.detail)
+        return Health("ok", "; ".join(details))
+
+    def health_detail(self) -> tuple[Health, list[tuple[HealthCheck, Health]]]:
+        """The health as `health()` gives it, and every check's own result (all run)."""
+        checks = [(check, self.run_check(check)) for check in self.service.health_checks]
+        overall = self._failed_process()
+        if overall is None:
+            degraded = [result for _check, result in checks if not result.ok]
+            details = "; ".join(result.detail for _check, result in checks if result.detail)
+            overall = degraded[0] if degraded else Health("ok", details)
+        return overall, checks
+
+    def run_check(self, check: HealthCheck) -> Health:
+        """One health check's result: degraded with the reason when it raises."""
+        try:
+            detail = check(self)
+        except Exception as exc:  # any failure of a check is a degraded service
+            return Health("degraded", str(exc) or type(exc).__name__)
+        return Health("ok", detail or "")
+
+    def _failed_process(self) -> Health | None:
         for session in self.runner.sessions.values():
             if session.kind is OpKind.PROCESS and session.success is False:
                 last = session.messages[-1].text if session.messages else "no message"
                 return Health("degraded", f"process {session.op.name} {last}")
-        details = []
-        for check in self.service.health_checks:
-            try:
-                detail = check(self)
-            except Exception as exc:  # any failure of a check is a degraded service
-                return Health("degraded", str(exc) or type(exc).__name__)
-            if detail:
-                details.append(detail)
-        return Health("ok", "; ".join(details))
+        return None
 
 
 def _first_line(func: Callable[..., Any]) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from werkzeug.serving import make_server
 
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
@@ -126,9 +126,11 @@ def test_swagger_ui_starts_an_operation_through_the_session(page: Page, base_url
 
 def test_front_page_shows_services_and_health(page: Page, base_url: str, node_id: str) -> None:
     page.goto(base_url)
-    assert page.locator("h1").inner_text() == f"PyEdge on {node_id}"
-    row = page.locator("tr", has_text="custom-service")
-    assert "ok" in row.inner_text()
-    assert "sleep task: idle" in row.inner_text()
+    assert page.locator("h1").inner_text() == "Overview"
+    assert node_id in page.locator(".brand").inner_text()
+    row = page.locator('tr[data-slug="custom-service"]')
+    assert row.locator("[data-health]").inner_text() == "ok"
+    # The session states arrive retained on the live channel.
+    expect(row.locator('[data-op="sleep"] [data-state]')).to_have_text("idle")
     page.get_by_role("link", name="API docs").click()
     page.wait_for_selector(".opblock-summary-path", timeout=15000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ def test_front_page_lists_services_and_health(client: FlaskClient, node_id: str)
     response = client.get("/")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
-    assert f"PyEdge on {node_id}" in page
+    assert f"PyEdge <span>{node_id}</span>" in page
     assert "Custom service" in page and "custom-service" in page
     assert 'href="/api/docs"' in page
 
@@ -90,3 +91,17 @@ def test_autostart_process_runs_once_when_enabled(app_config: dict[str, Any]) ->
         assert session["params"] == {"interval": 0.2}
     finally:
         app.extensions["pyedge"].close()
+
+
+@pytest.mark.parametrize("path", ["/", "/operations", "/sensors", "/admin", "/users"])
+def test_pages_run_no_inline_script_and_load_only_from_the_node(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == 200, path
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src" not in policy
+    page = response.get_data(as_text=True)
+    # Every <script> is a file of the node's or the page's JSON data, never inline code.
+    for tag in re.findall(r"<script[^>]*>", page):
+        assert 'src="/static/' in tag or 'type="application/json"' in tag, tag

@@ -30,7 +30,7 @@ CONTENT_SECURITY_POLICY = (
 DEVICE_SERVICE = "device-service"
 CONTAINER_MANAGER = "container-manager"
 
-bp = Blueprint("pages", __name__, template_folder="templates")
+bp = Blueprint("pages", __name__)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.compose.bundle import (
@@ -176,6 +177,36 @@ def test_a_reading_reaches_a_subscriber_on_the_host(
         client.disconnect()
         client.loop_stop()
     assert refused and refused[0].is_failure, refused  # MQTT 5: "not authorized"
+
+
+def test_the_dashboard_and_its_live_channel_work_in_the_bundle(
+    bundle: Bundle, admin_token: str
+) -> None:
+    # A reading of the device-service's container reaches a browser's stream at the
+    # edge-server's container: one subscription there, fed by the bundle's broker.
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    topic = f"pyedge/{NODE}/device-service/sensors/{SENSOR}"
+    with requests.get(
+        f"{bundle.url}/api/events",
+        params={"topic": topic},
+        headers=headers,
+        stream=True,
+        timeout=30,
+    ) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                event = json.loads(line.removeprefix("data:"))
+                assert event["topic"] == topic
+                assert "value" in event["payload"]
+                break
+    # The pages list the services of the other containers, reached through the proxy.
+    page = requests.get(f"{bundle.url}/sensors", headers=headers, timeout=30)
+    assert page.status_code == 200
+    assert '"slug": "device-service"' in page.text or '"slug":"device-service"' in page.text
+    script = requests.get(f"{bundle.url}/static/js/sensors.js", headers=headers, timeout=30)
+    assert script.status_code == 200
 
 
 def test_an_operation_started_through_the_edge_server_runs_in_its_container(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from playwright.sync_api import expect
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect
 
 from pyedge.security import Role
-from tests.dashboard.conftest import PHONE, Edge, Login
+from tests.dashboard.conftest import DESKTOP, PHONE, Edge, Login
 
 
 def test_the_overview_shows_services_health_and_the_device(login: Login, edge: Edge) -> None:
@@ -36,3 +39,21 @@ def test_the_menu_folds_on_a_phone(login: Login) -> None:
     expect(nav).to_be_hidden()
     page.get_by_role("button", name="Menu").click()
     expect(nav.get_by_role("link", name="Operations")).to_be_visible()
+
+
+def test_screenshots_of_the_login_and_the_overview(
+    browser: Browser, login: Login, edge: Edge, screenshots: Path | None
+) -> None:
+    if screenshots is None:
+        pytest.skip("PYEDGE_SCREENSHOTS is not set (make screenshots)")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport=DESKTOP)
+    stranger = context.new_page()
+    stranger.goto(f"{edge.url}/login")
+    stranger.screenshot(path=str(screenshots / "login-desktop.png"))
+    context.close()
+    for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page = login(Role.ADMIN, viewport=viewport)
+        expect(page.locator('[data-figure="memory"]')).to_contain_text("used of")
+        expect(page.locator("#audit tbody tr").first).not_to_contain_text("Loading")
+        page.screenshot(path=str(screenshots / f"overview-{name}.png"), full_page=True)

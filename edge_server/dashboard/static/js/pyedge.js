@@ -150,7 +150,7 @@
       input = el("textarea", { ...attrs, rows: 3 }, text);
     } else {
       input = el("input", { ...attrs, type: prop.format === "password" ? "password" : "text",
-        maxlength: prop.maxLength, value: value ?? "" });
+        maxlength: prop.maxLength, placeholder: prop.example, value: value ?? "" });
     }
     input.dataset.kind = prop.type || "string";
     input.dataset.items = (prop.items || {}).type || "";
@@ -189,9 +189,13 @@
       const label = el("label", { for: id }, prop.title || name.replace(/_/g, " "),
         required.has(name) ? " *" : "");
       const hint = [prop.description,
-        prop.minimum !== undefined || prop.maximum !== undefined
-          ? `range ${prop.minimum ?? "…"} to ${prop.maximum ?? "…"}` : null,
-        prop.default !== undefined ? `default ${JSON.stringify(prop.default)}` : null]
+        prop.minimum !== undefined && prop.maximum !== undefined
+          ? `range ${prop.minimum} to ${prop.maximum}`
+          : prop.minimum !== undefined ? `at least ${prop.minimum}`
+            : prop.maximum !== undefined ? `at most ${prop.maximum}` : null,
+        // A null default (an optional value left out) is no value worth naming.
+        prop.default !== undefined && prop.default !== null
+          ? `default ${JSON.stringify(prop.default)}` : null]
         .filter(Boolean).join(" · ");
       const error = el("div", { class: "error", id: id + "-error", dataset: { errorFor: name } });
       const field = el("div", { class: "field", dataset: { field: name } }, label,
