@@ -24,12 +24,14 @@ from typing import Any, TypeVar
 
 import pytest
 from openapi_spec_validator import validate
+from playwright.sync_api import Page, expect, sync_playwright
 
 from edge_server.broker.accounts import CONTROLLER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.client import Client, MqttClient
 from pyedge.security import Role
 from tests.conftest import free_port
+from tests.dashboard.conftest import CHROMIUM_ARGS, PASSWORD, USERS, chromium_path, log_in
 from tests.network.netns import Host, Site
 
 PYEDGE = str(Path(sys.executable).parent / "pyedge")
@@ -180,7 +182,10 @@ def site() -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def hub(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     data_dir = tmp_path_factory.mktemp("hub") / "data"
-    token = AccountStore(data_dir / "accounts.db").create_token("site-admin", Role.ADMIN)
+    store = AccountStore(data_dir / "accounts.db")
+    token = store.create_token("site-admin", Role.ADMIN)
+    store.add_user(USERS[Role.ADMIN], PASSWORD, Role.ADMIN)  # the dashboard's user
+    store.close()
     port = free_port()
     log = data_dir.parent / "hub.log"
     env = environment(
@@ -455,3 +460,55 @@ def test_a_node_will_not_join_by_plain_http(hub: Hub, nodes: list[Node], tmp_pat
     assert "in clear" in refused.stderr and "--insecure-http" in refused.stderr
     assert not (tmp_path / "network").exists()
     assert "n9" not in {row["node"] for row in hub.get("/api/nodes")[1]}
+
+
+@pytest.fixture(scope="module")
+def hub_page(hub: Hub, nodes: list[Node]) -> Iterator[Page]:
+    """Chromium logged in to the hub's dashboard (its self-signed certificate accepted)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(ignore_https_errors=True)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(page, hub.url, USERS[Role.ADMIN])
+        yield page
+        browser.close()
+        assert errors == [], f"a page's script failed: {errors}"
+
+
+def test_the_dashboard_shows_the_nodes_services_live_through_the_hub(
+    hub: Hub, nodes: list[Node], hub_page: Page
+) -> None:
+    page = hub_page
+    page.goto(hub.url + "/")
+    for node in nodes:
+        for slug in node.slugs:
+            row = page.locator(f'tr[data-node="{node.node_id}"][data-slug="{slug}"]')
+            expect(row.locator("[data-health]")).to_have_text("ok")
+    # An operation of n2's custom-service, started from its form on the hub's page, runs
+    # on n2 (through the proxy) and its session comes back live (through the hub's stream).
+    page.goto(hub.url + "/operations")
+    sleep = page.locator('article.op[data-node="n2"][data-slug="custom-service"][data-op="sleep"]')
+    sleep.get_by_label("seconds").fill("0.3")
+    sleep.get_by_role("button", name="Start").click()
+    expect(sleep.locator("[data-state]")).to_have_text("done", timeout=15_000)
+    expect(sleep.locator("[data-success]")).to_have_text("succeeded")
+    status, session = call(
+        f"{by_id(nodes, 'n2').url('custom-service')}/api/custom-service/ops/sleep",
+        by_id(nodes, "n2").tokens["direct"],
+    )
+    assert status == 200 and session["params"] == {"seconds": 0.3}, session
+    # Two nodes' device-services on one sensors page, values arriving live from each.
+    page.goto(hub.url + "/sensors")
+    for node_id in ("n1", "n3"):
+        card = page.locator(
+            f'article.sensor[data-node="{node_id}"][data-sensor="room_temperature"]'
+        )
+        value = card.locator('[data-quantity="value"]')
+        expect(value).not_to_have_text("—", timeout=15_000)
+        first = value.inner_text()
+        expect(value).not_to_have_text(first, timeout=20_000)  # sampled every 5 s
+    # A remote service's admin page, its data fetched through the proxy as the hub's admin.
+    page.goto(hub.url + "/admin/custom-service?node=n2")
+    expect(page.locator("main")).to_contain_text("EDGE_CUSTOM_SERVICE_GREETING")
