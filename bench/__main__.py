@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from bench import api, bus, containers, device, memory, proxy
+from bench import api, bus, containers, device, memory, proxy, sse
 
 logger = logging.getLogger(__name__)
 
@@ -17,17 +18,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    benchmarks: dict[str, Callable[[float], dict[str, Any] | list[dict[str, Any]]]] = {
+        "api": api.run,
+        "bus": bus.run,
+        "memory": lambda _scale: memory.run(),
+        "device": device.run,
+        "containers": containers.run,
+        "proxy": proxy.run,
+        "sse": sse.run,
+    }
+    known = ", ".join(benchmarks)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"only these: {known} (all)")
     args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(benchmarks))
+    if unknown:
+        parser.error(f"no benchmark {', '.join(unknown)}; there are {known}")
     scale = 0.1 if args.quick else 1.0
     results: list[dict[str, Any]] = []
-    for result in (
-        api.run(scale),
-        bus.run(scale),
-        memory.run(),
-        device.run(scale),
-        containers.run(scale),
-        proxy.run(scale),
-    ):
+    for name, run in benchmarks.items():
+        if args.names and name not in args.names:
+            continue
+        result = run(scale)
         # A benchmark returns one result or a list of them.
         results.extend(result if isinstance(result, list) else [result])
     if args.json:
