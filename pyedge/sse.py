@@ -17,6 +17,10 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # A stream whose client stops reading blocks its thread in a write once the socket's
 # buffer is full; after this long the write fails and the thread is free again.
 SEND_TIMEOUT_S = 10
+# A stream's send buffer. Left to the kernel it grows to megabytes per connection, so a
+# client that stopped reading would be noticed only after seconds of buffering (and the
+# kernel would hold that memory); events are small, 64 KiB is plenty.
+SEND_BUFFER = 64 * 1024
 # Where the WSGI servers PyEdge runs under put the connection's socket.
 SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
@@ -34,14 +38,19 @@ def format_event(
     return "\n".join(lines) + "\n\n"
 
 
-def hold_stream_socket(environ: Mapping[str, object], timeout: int = SEND_TIMEOUT_S) -> None:
-    """Bound how long a write to this request's client may block (SO_SNDTIMEO)."""
+def hold_stream_socket(
+    environ: Mapping[str, object], timeout: int = SEND_TIMEOUT_S
+) -> socket.socket | None:
+    """Bound how long and how much a stream's writes may block; the socket, if the server
+    exposes it (gunicorn and werkzeug do)."""
     for key in SOCKET_KEYS:
         sock = environ.get(key)
         if isinstance(sock, socket.socket):
             # The socket stays blocking for the server: only a stalled write times out.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", timeout, 0))
-            return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            return sock
+    return None
 
 
 def event_response(events: Iterable[str]) -> Response:

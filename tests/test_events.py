@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from paho.mqtt.client import topic_matches_sub
 from werkzeug.serving import make_server
 
-from edge_server.dashboard.events import EXTENSION, EventHub, check_filter
+from edge_server.dashboard.events import EXTENSION, EventHub, check_filter, matches
 from pyedge.security import Role
 from tests.conftest import authorize
 
@@ -273,3 +274,13 @@ def test_a_client_that_stops_reading_is_dropped(app: Flask, base_url: str, node_
     finally:
         reader.close()
         stalled.close()
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["a/b/c", "a/+/c", "a/#", "a/b/#", "#", "+", "+/+", "a/+", "a/b/c/#", "+/b/+", "a//c"],
+)
+@pytest.mark.parametrize("topic", ["a", "a/b", "a/b/c", "a/b/c/d", "a/x/c", "b/b/c", "a//c"])
+def test_the_matcher_agrees_with_paho(sub: str, topic: str) -> None:
+    expected = topic_matches_sub(sub, topic)
+    assert matches(tuple(sub.split("/")), tuple(topic.split("/"))) is expected

@@ -16,6 +16,8 @@ import json
 import logging
 import queue
 import secrets
+import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -27,7 +29,7 @@ import marshmallow as ma
 from flask import Flask, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import abort
-from paho.mqtt.client import MQTTMessage, topic_matches_sub
+from paho.mqtt.client import MQTTMessage
 
 from pyedge import ServiceHost
 from pyedge.security import Blueprint, Role, requires
@@ -61,18 +63,37 @@ class EventsArgs(ma.Schema):
     )
 
 
+Levels = tuple[str, ...]
+
+
+def matches(sub: Levels, topic: Levels) -> bool:
+    """MQTT filter matching on levels split once (paho's builds a matcher on every call,
+    and the hub matches every message against every stream's filters)."""
+    for index, level in enumerate(sub):
+        if level == "#":
+            return True  # also matches the parent level: `a/#` matches `a`
+        if index >= len(topic) or (level != "+" and level != topic[index]):
+            return False
+    return len(sub) == len(topic)
+
+
 @dataclass(eq=False)
 class Client:
-    """One open stream: its filters, its role and its queue."""
+    """One open stream: its filters, its role, its queue and its socket."""
 
     filters: tuple[str, ...]
     role: Role
     queue: queue.Queue[str | None] = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
     dropped: bool = False
+    # The connection, when the server exposes it: dropping the stream shuts it at once.
+    sock: socket.socket | None = None
 
-    def wants(self, topic: str) -> bool:
-        """True if one of the client's filters matches `topic`."""
-        return any(topic_matches_sub(sub, topic) for sub in self.filters)
+    def __post_init__(self) -> None:
+        self._subs = [tuple(sub.split("/")) for sub in self.filters]
+
+    def wants(self, topic: Levels) -> bool:
+        """True if one of the client's filters matches the topic's levels."""
+        return any(matches(sub, topic) for sub in self._subs)
 
 
 @dataclass(frozen=True)
@@ -134,12 +155,14 @@ class EventHub:
                     self._retained.pop(topic, None)
             self._history.append(event)
             clients = list(self._clients)
+        levels = tuple(topic.split("/"))
+        visible: dict[Role, bool] = {}  # decided once per role, not once per stream
         for client in clients:
-            if (
-                client.dropped
-                or not client.wants(topic)
-                or not may_see(client.role, self.root, topic)
-            ):
+            if client.dropped or not client.wants(levels):
+                continue
+            if client.role not in visible:
+                visible[client.role] = may_see(client.role, self.root, topic)
+            if not visible[client.role]:
                 continue
             try:
                 client.queue.put_nowait(event.text)
@@ -158,16 +181,30 @@ class EventHub:
                 self._clients.discard(client)
                 self.dropped += 1
                 client.dropped = True
+        if client.sock is not None:
+            # Its thread is blocked writing to a full socket: end the write now (a broken
+            # pipe, which the server takes quietly) rather than after the send time-out,
+            # whose error path would make gunicorn wait for the client on its main loop.
+            with contextlib.suppress(OSError):
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.sock.shutdown(socket.SHUT_RDWR)
         logger.info("dropped an event stream that stopped reading (%d open)", self.clients)
 
-    def open(self, filters: tuple[str, ...], role: Role, last_id: str | None) -> Client:
+    def open(
+        self,
+        filters: tuple[str, ...],
+        role: Role,
+        last_id: str | None,
+        sock: socket.socket | None = None,
+    ) -> Client:
         """Register a stream; its first events are what it missed, or the retained state."""
-        client = Client(filters, role)
+        client = Client(filters, role, sock=sock)
         with self._lock:
             if len(self._clients) >= self.max_clients:
                 raise StreamsFull(len(self._clients))
             for event in self._backlog(last_id):
-                if client.wants(event.topic) and may_see(role, self.root, event.topic):
+                levels = tuple(event.topic.split("/"))
+                if client.wants(levels) and may_see(role, self.root, event.topic):
                     client.queue.put_nowait(event.text)
                     if client.queue.full():
                         break
@@ -224,7 +261,8 @@ def may_see(role: Role, root: str, topic: str) -> bool:
     if role >= Role.OPERATOR:
         return True
     relative = topic[len(root) + 1 :]
-    return not any(topic_matches_sub(sub, relative) for sub in OPERATOR_ONLY)
+    levels = tuple(relative.split("/"))
+    return not any(matches(tuple(sub.split("/")), levels) for sub in OPERATOR_ONLY)
 
 
 def check_filter(root: str, sub: str) -> str | None:
@@ -267,15 +305,15 @@ class Events(MethodView):
             if problem:
                 abort(HTTPStatus.FORBIDDEN, message=problem)
         last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+        sock = hold_stream_socket(request.environ)
         try:
-            client = events.open(filters, g.identity.role, last_id)
+            client = events.open(filters, g.identity.role, last_id, sock)
         except StreamsFull as exc:
             abort(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 message=f"{exc.args[0]} event streams are open, the most this server holds",
                 headers={"Retry-After": "5"},
             )
-        hold_stream_socket(request.environ)
         return current_app.response_class(events.stream(client), mimetype=MIMETYPE, headers=HEADERS)
 
 
