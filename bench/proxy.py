@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from bench.processes import free_port, wait
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
@@ -43,25 +43,10 @@ PATHS = {
 TARGET = 0.6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _environment(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update(EDGE_NODE_ID="bench-proxy", EDGE_LOG_LEVEL="WARNING", **settings)
     return env
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench proxy: {what} not within {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def _answers(session: requests.Session, url: str) -> bool:
@@ -124,7 +109,7 @@ def run(scale: float) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         token = AccountStore(data / "accounts.db").create_token("bench", Role.VIEWER)
-        hub_port, service_port, mqtt_port = _free_port(), _free_port(), _free_port()
+        hub_port, service_port, mqtt_port = free_port(), free_port(), free_port()
         hub_env = _environment(EDGE_ROLE="node", EDGE_SERVICES="device-service")
         hub_args = [PYEDGE, "run", "--host", "127.0.0.1", "--port", str(hub_port)]
         hub_args += ["--mqtt-port", str(mqtt_port), "--data-dir", str(data)]
@@ -139,10 +124,10 @@ def run(scale: float) -> list[dict[str, Any]]:
         session.headers["Authorization"] = f"Bearer {token}"
         results = []
         with _process(hub_args, hub_env, Path(tmp) / "hub.log"):
-            _wait(lambda: _answers(session, f"{hub_url}/api/health"), 30, "the edge-server")
+            wait(lambda: _answers(session, f"{hub_url}/api/health"), 30, "the edge-server")
             # After the edge-server: its hub key must exist when the service loads it.
             with _process(service_args, service_env, Path(tmp) / "service.log"):
-                _wait(lambda: _answers(session, hub_url + PATH), 30, "the proxied service")
+                wait(lambda: _answers(session, hub_url + PATH), 30, "the proxied service")
                 for name, path in PATHS.items():
                     result = _compare(session, service_url + path, hub_url + path, count)
                     results.append({"name": name, **result})

@@ -45,6 +45,7 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from bench.processes import free_port, wait
 from edge_server.broker.accounts import EDGE_SERVER, SUBSCRIBER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
@@ -132,21 +133,6 @@ class Node:
         return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench sse: {what} not within {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 def _healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/api/health", timeout=2).status_code == 200
@@ -159,7 +145,7 @@ def running_node(tmp: Path) -> Iterator[Node]:
     """`pyedge run` on free ports with custom-service only; stopped with SIGTERM."""
     data_dir = tmp / "data"
     token = AccountStore(data_dir / "accounts.db").create_token("bench", Role.VIEWER)
-    http_port, mqtt_port = _free_port(), _free_port()
+    http_port, mqtt_port = free_port(), free_port()
     node_id = f"bench-sse-{uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update(
@@ -176,7 +162,7 @@ def running_node(tmp: Path) -> Iterator[Node]:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
     node = Node(process, http_port, mqtt_port, node_id, data_dir, log, token)
     try:
-        _wait(lambda: process.poll() is None and _healthy(node.url), TIMEOUT_S, "pyedge run")
+        wait(lambda: process.poll() is None and _healthy(node.url), TIMEOUT_S, "pyedge run")
         yield node
     finally:
         process.send_signal(signal.SIGTERM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from edge_server import create_app
 from edge_server.broker.accounts import (
@@ -174,3 +176,13 @@ def recorder(broker: Broker) -> Iterator[MqttRecorder]:
     )
     yield recorder
     recorder.close()
+
+
+@pytest.fixture
+def base_url(app: Flask) -> Iterator[str]:
+    """The app served over real HTTP on a free port (werkzeug, threaded)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

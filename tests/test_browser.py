@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -11,37 +9,10 @@ from urllib.parse import urlparse
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
-from werkzeug.serving import make_server
 
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.security import Role
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    """The system's Chromium (Debian: chromium; Raspberry Pi OS: chromium-browser)."""
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError("Chromium is not installed: make test installs it (apt: chromium)")
-
-
-@pytest.fixture
-def base_url(app: Flask) -> Iterator[str]:
-    """The app served over real HTTP on a free port."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+from tests.browser import CHROMIUM_ARGS, chromium_path
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 import requests
 from flask import Flask
 from paho.mqtt.client import topic_matches_sub
-from werkzeug.serving import make_server
 
 from edge_server.dashboard.events import EXTENSION, EventHub, check_filter, matches
 from pyedge.security import Role
@@ -69,15 +67,6 @@ class SseReader:
 @pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     return {**app_config, "EDGE_SSE_CLIENTS": 4, "EDGE_SSE_HEARTBEAT": 1.0}
-
-
-@pytest.fixture
-def base_url(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def publish(app: Flask, topic: str, payload: dict[str, Any], retain: bool = False) -> None:

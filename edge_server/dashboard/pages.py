@@ -145,29 +145,25 @@ def index() -> str:
     )
 
 
+def service_page(template: str, active: str, title: str, key: str, slug: str) -> str:
+    """A page about one kind of service: its instances (local or remote) in page_data[key]."""
+    services = [service_ref(s) for s in services_tree()]
+    return render_page(
+        template, active, title, services=services, page_data={key: of_slug(services, slug)}
+    )
+
+
 @bp.get("/sensors")
 def sensors() -> str:
     """Every device-service's sensors, live, with their history; actuators as switches."""
-    services = [service_ref(s) for s in services_tree()]
-    return render_page(
-        "sensors.html",
-        "sensors",
-        "Sensors",
-        services=services,
-        page_data={"devices": of_slug(services, DEVICE_SERVICE)},
-    )
+    return service_page("sensors.html", "sensors", "Sensors", "devices", DEVICE_SERVICE)
 
 
 @bp.get("/containers")
 def containers() -> str:
     """Containers, apps and images of every container-manager."""
-    services = [service_ref(s) for s in services_tree()]
-    return render_page(
-        "containers.html",
-        "containers",
-        "Containers and apps",
-        services=services,
-        page_data={"managers": of_slug(services, CONTAINER_MANAGER)},
+    return service_page(
+        "containers.html", "containers", "Containers and apps", "managers", CONTAINER_MANAGER
     )
 
 

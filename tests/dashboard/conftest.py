@@ -5,7 +5,6 @@ mock pins for a relay. One node for the whole session; each test logs in as it n
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,10 @@ from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playw
 from edge_server.broker.accounts import EDGE_SERVER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.docker_engine import DockerEngine
 from tests.test_run import Node, start_node, stop_node, wait_ready
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 W1_DEVICE = "28-0316a2795dff"
 PASSWORD = "dashboard-secret-1"
 USERS = {Role.ADMIN: "ada", Role.OPERATOR: "olga", Role.VIEWER: "vic"}
@@ -63,15 +56,6 @@ class Edge:
     def mqtt_login(self) -> dict[str, str]:
         """The edge-server's broker account on the node's own Mosquitto."""
         return load_accounts(self.node.data_dir / "mosquitto").login(EDGE_SERVER)
-
-
-def chromium_path() -> str:
-    """The system's Chromium (Debian: chromium; Raspberry Pi OS: chromium-browser)."""
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError("Chromium is not installed: make test installs it (apt: chromium)")
 
 
 @pytest.fixture(scope="session")

@@ -30,8 +30,9 @@ from edge_server.broker.accounts import CONTROLLER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.client import Client, MqttClient
 from pyedge.security import Role
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.conftest import free_port
-from tests.dashboard.conftest import CHROMIUM_ARGS, PASSWORD, USERS, chromium_path, log_in
+from tests.dashboard.conftest import PASSWORD, USERS, log_in
 from tests.network.netns import Host, Site
 
 PYEDGE = str(Path(sys.executable).parent / "pyedge")
