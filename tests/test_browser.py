@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -105,3 +107,50 @@ def test_front_page_shows_services_and_health(page: Page, base_url: str, node_id
     expect(row.locator('[data-op="sleep"] [data-state]')).to_have_text("idle")
     page.get_by_role("link", name="API docs").click()
     page.wait_for_selector(".opblock-summary-path", timeout=15000)
+
+
+def test_first_run_then_log_out_and_in_again(
+    browser: Browser, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The app of `base_url` has no user yet: its log (at setup) has the one-time code.
+    code = setup_code_of(caplog.get_records("setup"))
+    page = browser.new_page()
+    try:
+        page.goto(base_url)
+        page.get_by_role("link", name="First run: create the admin").click()
+        page.get_by_label("Setup code").fill("AAAA-BBBB-CCCC")
+        page.get_by_label("Name").fill("root")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Create the admin").click()
+        expect(page.get_by_role("alert")).to_contain_text("setup code")
+        page.get_by_label("Setup code").fill(code)
+        page.get_by_label("Name").fill("root")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Create the admin").click()
+        expect(page.locator("h1")).to_have_text("Overview")
+        expect(page.locator(".who")).to_contain_text("root (admin)")
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(f"{base_url}/login")
+        page.goto(f"{base_url}/setup")  # done once: the setup page is gone
+        expect(page).to_have_url(f"{base_url}/login")
+        page.get_by_label("Name").fill("root")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("h1")).to_have_text("Overview")
+    finally:
+        page.close()
+
+
+def setup_code_of(records: list[logging.LogRecord]) -> str:
+    """The one-time setup code the app logged when it started."""
+    found = [
+        match.group(1)
+        for record in records
+        if (
+            match := re.search(
+                r"setup code ([A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4})", record.getMessage()
+            )
+        )
+    ]
+    assert found, "the server did not log a setup code"
+    return found[-1]
