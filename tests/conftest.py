@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from playwright.sync_api import Browser, sync_playwright
 from werkzeug.serving import make_server
 
 from edge_server import create_app
@@ -33,6 +34,7 @@ from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.auth import Auth
 from pyedge.security import Role
 from pyedge.service import topic_root
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.docker_engine import DockerEngine
 from tests.mqtt_recorder import MqttRecorder
 
@@ -186,3 +188,12 @@ def base_url(app: Flask) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """The system's Chromium for the whole session (Playwright's sync API allows one)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

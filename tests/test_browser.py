@@ -10,20 +10,10 @@ from urllib.parse import urlparse
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.security import Role
-from tests.browser import CHROMIUM_ARGS, chromium_path
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 PASSWORD = "browser-secret-1"
 

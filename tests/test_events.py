@@ -14,7 +14,13 @@ import requests
 from flask import Flask
 from paho.mqtt.client import topic_matches_sub
 
-from edge_server.dashboard.events import EXTENSION, EventHub, check_filter, matches
+from edge_server.dashboard.events import (
+    EXTENSION,
+    QUEUE_SIZE,
+    EventHub,
+    check_filter,
+    matches,
+)
 from pyedge.security import Role
 from tests.conftest import authorize
 
@@ -198,9 +204,10 @@ def test_a_viewer_never_sees_operation_calls(app: Flask, base_url: str, node_id:
         operator.close()
 
 
-def test_the_stream_slots_are_bounded(app: Flask, base_url: str) -> None:
+def test_the_stream_slots_are_bounded(app: Flask, base_url: str, node_id: str) -> None:
     token = authorize(app)
-    readers = [SseReader(f"{base_url}/api/events", token) for _ in range(4)]
+    mine = f"pyedge/{node_id}/#"
+    readers = [SseReader(f"{base_url}/api/events", token, topic=mine) for _ in range(4)]
     try:
         answer = requests.get(
             f"{base_url}/api/events", headers={"Authorization": f"Bearer {token}"}, timeout=5
@@ -273,3 +280,45 @@ def test_a_client_that_stops_reading_is_dropped(app: Flask, base_url: str, node_
 def test_the_matcher_agrees_with_paho(sub: str, topic: str) -> None:
     expected = topic_matches_sub(sub, topic)
     assert matches(tuple(sub.split("/")), tuple(topic.split("/"))) is expected
+
+
+def test_a_large_snapshot_does_not_count_against_the_queue(
+    app: Flask, base_url: str, node_id: str
+) -> None:
+    # A site with more retained topics than a stream's queue holds: the new stream gets
+    # them all, and is not dropped by the first live message.
+    hub: EventHub = app.extensions[EXTENSION]
+    count = QUEUE_SIZE + 44
+    for n in range(count):
+        publish(app, f"pyedge/{node_id}/probe/state/{n}", {"n": n}, retain=True)
+    deadline = time.monotonic() + 10
+    while sum(1 for e in hub._backlog(None) if e.topic.startswith(f"pyedge/{node_id}/")) < count:
+        assert time.monotonic() < deadline, "the hub did not see every retained message"
+        time.sleep(0.05)
+    reader = SseReader(f"{base_url}/api/events", authorize(app), topic=f"pyedge/{node_id}/#")
+    try:
+        live = f"pyedge/{node_id}/probe/live"
+        publish(app, live, {"live": True})
+        seen = set()
+        while (event := reader.next_event()).data["topic"] != live:
+            if "/probe/state/" in event.data["topic"]:
+                seen.add(event.data["payload"]["n"])
+        assert seen == set(range(count))
+        assert hub.dropped == 0
+    finally:
+        reader.close()
+        for n in range(count):  # clear them: the session's broker is shared
+            app.extensions["pyedge"].bus.publish(
+                f"pyedge/{node_id}/probe/state/{n}", b"", qos=1, retain=True
+            )
+
+
+def test_a_stream_never_read_frees_its_slot(app: Flask, base_url: str) -> None:
+    hub: EventHub = app.extensions[EXTENSION]
+    headers = {"Authorization": f"Bearer {authorize(app)}"}
+    for _ in range(6):  # more than the 4 slots: each is given back
+        assert requests.head(f"{base_url}/api/events", headers=headers, timeout=5).ok
+    deadline = time.monotonic() + 5
+    while hub.clients:
+        assert time.monotonic() < deadline, f"{hub.clients} streams still held"
+        time.sleep(0.05)

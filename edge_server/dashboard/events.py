@@ -11,6 +11,7 @@ reconnecting with `Last-Event-ID` gets what it missed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -87,6 +88,9 @@ class Client:
     dropped: bool = False
     # The connection, when the server exposes it: dropping the stream shuts it at once.
     sock: socket.socket | None = None
+    # What it gets first (the retained state, or what it missed): apart from the queue, so
+    # that a site's large snapshot never counts against a reader's live slack.
+    backlog: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._subs = [tuple(sub.split("/")) for sub in self.filters]
@@ -202,12 +206,12 @@ class EventHub:
         with self._lock:
             if len(self._clients) >= self.max_clients:
                 raise StreamsFull(len(self._clients))
-            for event in self._backlog(last_id):
-                levels = tuple(event.topic.split("/"))
-                if client.wants(levels) and may_see(role, self.root, event.topic):
-                    client.queue.put_nowait(event.text)
-                    if client.queue.full():
-                        break
+            client.backlog = [
+                event.text
+                for event in self._backlog(last_id)
+                if client.wants(tuple(event.topic.split("/")))
+                and may_see(role, self.root, event.topic)
+            ]
             self._clients.add(client)
         return client
 
@@ -239,6 +243,8 @@ class EventHub:
         """The stream's text: the retry hint, then events and heartbeat comments."""
         try:
             yield f"retry: {RETRY_MS}\n: {self.boot}\n\n"
+            backlog, client.backlog = client.backlog, []
+            yield from backlog
             while not client.dropped:
                 try:
                     text = client.queue.get(timeout=self.heartbeat)
@@ -314,7 +320,13 @@ class Events(MethodView):
                 message=f"{exc.args[0]} event streams are open, the most this server holds",
                 headers={"Retry-After": "5"},
             )
-        return current_app.response_class(events.stream(client), mimetype=MIMETYPE, headers=HEADERS)
+        response = current_app.response_class(
+            events.stream(client), mimetype=MIMETYPE, headers=HEADERS
+        )
+        # The server closes the response even when it never iterates it (HEAD, a client
+        # gone before the first byte), when the stream's own `finally` never runs.
+        response.call_on_close(functools.partial(events.close_client, client))
+        return response
 
 
 def init_app(app: Flask, host: ServiceHost, api: Any) -> EventHub:

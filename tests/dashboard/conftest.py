@@ -11,12 +11,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 from edge_server.broker.accounts import EDGE_SERVER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
-from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.docker_engine import DockerEngine
 from tests.test_run import Node, start_node, stop_node, wait_ready
 
@@ -89,14 +88,6 @@ def edge(tmp_path_factory: pytest.TempPathFactory, docker_engine: DockerEngine) 
         yield Edge(node, device / "w1_slave")
     finally:
         stop_node(node)
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def log_in(page: Page, base_url: str, name: str) -> None:

@@ -24,13 +24,12 @@ from typing import Any, TypeVar
 
 import pytest
 from openapi_spec_validator import validate
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from edge_server.broker.accounts import CONTROLLER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.client import Client, MqttClient
 from pyedge.security import Role
-from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.conftest import free_port
 from tests.dashboard.conftest import PASSWORD, USERS, log_in
 from tests.network.netns import Host, Site
@@ -317,8 +316,11 @@ def test_services_announce_and_appear_with_mode_and_node(hub: Hub, nodes: list[N
     )
     with urllib.request.urlopen(request, timeout=15, context=hub.context) as response:
         page = response.read().decode()
-    assert '<a href="/api/nodes/n3/device-service/ops">' in page
-    assert "<td>n3 <small>(remote)</small></td>" in page
+    assert '<tr data-slug="device-service" data-node="n3">' in page
+    assert '<a href="/admin/device-service?node=n3">Admin</a>' in page
+    assert '"url": "/api/nodes/n2/custom-service"' in page or (
+        '"url":"/api/nodes/n2/custom-service"' in page
+    )
 
     status, known = hub.get("/api/nodes")
     assert status == 200
@@ -464,18 +466,16 @@ def test_a_node_will_not_join_by_plain_http(hub: Hub, nodes: list[Node], tmp_pat
 
 
 @pytest.fixture(scope="module")
-def hub_page(hub: Hub, nodes: list[Node]) -> Iterator[Page]:
+def hub_page(hub: Hub, nodes: list[Node], browser: Browser) -> Iterator[Page]:
     """Chromium logged in to the hub's dashboard (its self-signed certificate accepted)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        context = browser.new_context(ignore_https_errors=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        log_in(page, hub.url, USERS[Role.ADMIN])
-        yield page
-        browser.close()
-        assert errors == [], f"a page's script failed: {errors}"
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, hub.url, USERS[Role.ADMIN])
+    yield page
+    context.close()
+    assert errors == [], f"a page's script failed: {errors}"
 
 
 def test_the_dashboard_shows_the_nodes_services_live_through_the_hub(

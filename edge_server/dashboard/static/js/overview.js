@@ -62,8 +62,14 @@
   async function audit() {
     const table = document.getElementById("audit");
     if (!table || !can("admin")) return;
-    const entries = await api("GET", "/api/audit", undefined, { limit: 8 });
     const tbody = table.querySelector("tbody");
+    let entries;
+    try {
+      entries = await api("GET", "/api/audit", undefined, { limit: 8 });
+    } catch (exc) {
+      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "bad" }, exc.message)));
+      return;
+    }
     tbody.replaceChildren(...entries.map((e) => el("tr", {},
       el("td", { title: e.ts }, ago(e.ts)), el("td", {}, e.actor),
       el("td", {}, el("code", {}, `${e.action} ${e.target}`)),

@@ -40,6 +40,12 @@
     return node;
   }
 
+  // Requests in flight when the page is left are cut off by the browser: that is no error
+  // to report (the page is going), so such a call simply never settles.
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  window.addEventListener("pagehide", () => { leaving = true; });
+
   /** Call the API with the session cookie (and its CSRF token on changes); JSON back. */
   async function api(method, path, data, query) {
     const url = new URL(path, window.location.origin);
@@ -57,13 +63,20 @@
     try {
       response = await fetch(url, init);
     } catch (exc) {
+      if (leaving) return new Promise(() => {});
       throw new ApiError(0, "The device did not answer: " + exc.message);
     }
     if (response.status === 401) {
       window.location.assign("/login?next=" + encodeURIComponent(location.pathname));
       throw new ApiError(401, "Logged out");
     }
-    const text = await response.text();
+    let text;
+    try {
+      text = await response.text();
+    } catch (exc) {
+      if (leaving) return new Promise(() => {});
+      throw new ApiError(0, "The answer was cut off: " + exc.message);
+    }
     let payload = null;
     try { payload = text ? JSON.parse(text) : null; } catch (exc) { payload = null; }
     if (!response.ok) {
