@@ -77,6 +77,9 @@ class Bus:
         # Re-entrant: a downgrade builds the new client while holding it.
         self._lock = threading.RLock()
         self._subscriptions: dict[str, Subscription] = {}
+        # False when the broker says it has no subscription identifiers (MQTT 5 allows
+        # that): then messages are matched to the filters, as paho does.
+        self._identifiers_available = True
         self._identifiers = itertools.count(1)
         self._status_topics: list[str] = [settings.will_topic]
         self._connect_callbacks: list[ConnectCallback] = []
@@ -144,7 +147,7 @@ class Bus:
             subscription = Subscription(topic, qos, callback, identifier, retain_as_published)
             self._subscriptions[topic] = subscription
             if self.connected:
-                self._subscribe(self._client, subscription)
+                self._subscribe(self._client, subscription, self._identifiers_available)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop delivering `topic` (subscribed with `subscribe`), now and after reconnects."""
@@ -155,13 +158,14 @@ class Bus:
                 self._client.unsubscribe(topic)
 
     @staticmethod
-    def _subscribe(client: mqtt.Client, subscription: Subscription) -> None:
+    def _subscribe(client: mqtt.Client, subscription: Subscription, identify: bool) -> None:
         """One SUBSCRIBE per filter: an MQTT 5 packet carries one subscription identifier."""
         if client.protocol != MQTTProtocolVersion.MQTTv5:
             client.subscribe(subscription.topic, subscription.qos)
             return
         properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-        properties.SubscriptionIdentifier = subscription.identifier
+        if identify:
+            properties.SubscriptionIdentifier = subscription.identifier
         options = SubscribeOptions(
             qos=subscription.qos, retainAsPublished=subscription.retain_as_published
         )
@@ -175,7 +179,7 @@ class Bus:
         for subscription in subscriptions:
             if identifiers is not None:
                 wanted = subscription.identifier in identifiers
-            else:  # MQTT 3.1.1 has no identifiers: match the filters, as paho would
+            else:  # MQTT 3.1.1, or a broker without them: match the filters, as paho would
                 wanted = mqtt.topic_matches_sub(subscription.topic, message.topic)
             if not wanted:
                 continue
@@ -287,8 +291,12 @@ class Bus:
             if self._closing:
                 return  # a connect that raced close(): say nothing, close() disconnects
             self.last_error = None
+            # A broker may say it has no subscription identifiers (and would disconnect a
+            # SUBSCRIBE that carries one).
+            available = getattr(properties, "SubscriptionIdentifierAvailable", 1)
+            self._identifiers_available = bool(available)
             for subscription in self._subscriptions.values():
-                self._subscribe(client, subscription)
+                self._subscribe(client, subscription, self._identifiers_available)
             for topic in self._status_topics:
                 client.publish(topic, ONLINE, qos=STATE_QOS, retain=True)
             self.connections += 1

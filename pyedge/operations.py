@@ -71,6 +71,8 @@ class Operation:
     # Who may start it and stop or abort it; reading its state needs only viewer.
     role: Role = Role.OPERATOR
     description: str = ""
+    # It destroys data (a purge, a reset): the dashboard asks before it starts it.
+    destructive: bool = False
 
     def load_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Validate raw parameters; raises marshmallow.ValidationError."""

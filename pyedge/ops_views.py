@@ -135,6 +135,7 @@ def describe(op: Operation, session: Session) -> dict[str, Any]:
         "name": op.name,
         "kind": op.kind,
         "role": op.role.label,
+        "destructive": op.destructive,
         "description": op.description,
         "params_schema": json_schema(op.params),
         "session": session.to_dict(),

@@ -44,6 +44,9 @@ class OperationSchema(ma.Schema):
     role = ma.fields.String(
         required=True, metadata={"description": "the role that starts and ends it"}
     )
+    destructive = ma.fields.Boolean(
+        required=True, metadata={"description": "it deletes data (a client asks first)"}
+    )
     description = ma.fields.String(required=True)
     params_schema = ma.fields.Dict(required=True)
     session = ma.fields.Nested(SessionSchema, required=True)

@@ -115,12 +115,14 @@ class EdgeService:
         abort: StopFunction | None = None,
         role: Role = Role.OPERATOR,
         description: str | None = None,
+        destructive: bool = False,
     ) -> Operation:
         """Register a Task: `run(session, params)` finishes by itself; abort ends it early.
 
         Abort sets `session.stop_requested`; the code should check it (or `session.sleep`).
         `abort(session)`, when given, is called too: to interrupt a blocking call.
-        `role` may start and abort it.
+        `role` may start and abort it. `destructive`: it deletes data, so the dashboard
+        asks before starting it.
         """
         return self._add(
             Operation(
@@ -131,6 +133,7 @@ class EdgeService:
                 stop=abort,
                 role=role,
                 description=description or _first_line(run),
+                destructive=destructive,
             )
         )
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import marshmallow as ma
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, Route, expect
+from werkzeug.serving import make_server
 
+from edge_server import create_app
+from pyedge import AdminPanel, EdgeService
 from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.security import Role
 
@@ -144,3 +150,38 @@ def setup_code_of(records: list[logging.LogRecord]) -> str:
     ]
     assert found, "the server did not log a setup code"
     return found[-1]
+
+
+def test_a_panel_that_would_leave_its_service_is_not_shown(
+    browser: Browser, app_config: dict[str, Any]
+) -> None:
+    # A node's service answers its own GET /admin: a tampered one (it cannot be declared
+    # so, AdminPanel refuses) must not get the hub admin's session sent anywhere else.
+    probe = EdgeService("probe-admin", title="Probe", version="1.0.0")
+    tampered = AdminPanel("Tokens", source="state", edit="state", form=ma.Schema, method="POST")
+    object.__setattr__(tampered, "source", "../../auth/tokens")
+    object.__setattr__(tampered, "edit", "../../auth/users")
+    probe.admin_panel(tampered)
+    app = create_app(app_config, services=[probe])
+    app.extensions[AUTH_EXTENSION].accounts.add_user("ada", PASSWORD, Role.ADMIN)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_port}"
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(urlparse(request.url).path))
+    try:
+        page.goto(f"{base_url}/login")
+        page.get_by_label("Name").fill("ada")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{base_url}/")
+        page.goto(f"{base_url}/admin/probe-admin")
+        panel = page.locator('section.panel[data-panel="Tokens"]')
+        expect(panel.get_by_role("alert")).to_contain_text("This panel is not shown")
+        assert "/api/probe-admin/admin" in requested
+        assert not [path for path in requested if path.startswith("/api/auth")], requested
+    finally:
+        page.close()
+        server.shutdown()
+        app.extensions["pyedge"].close()

@@ -42,21 +42,30 @@ class SseReader:
         self.response = requests.get(url, headers=headers, params=params, stream=True, timeout=5)
         self.lines = self.response.iter_lines(decode_unicode=True)
         self.comments: list[str] = []
+        self.last_id: str | None = None  # as EventSource keeps it (id-only blocks too)
 
     def next_event(self) -> SseEvent:
+        while "data" not in (fields := self.next_block()):
+            pass
+        return SseEvent(
+            fields.get("id"), fields.get("event", "message"), json.loads(fields["data"])
+        )
+
+    def next_block(self) -> dict[str, str]:
+        """The fields of the next block that has any (comments are kept aside)."""
         fields: dict[str, str] = {}
         for line in self.lines:
             if line == "":
-                if "data" in fields:
-                    return SseEvent(
-                        fields.get("id"), fields.get("event", "message"), json.loads(fields["data"])
-                    )
+                if fields:
+                    return fields
                 continue
             if line.startswith(":"):
                 self.comments.append(line[1:].strip())
                 continue
             name, _, value = line.partition(":")
             fields[name] = value.lstrip(" ")
+            if name == "id":
+                self.last_id = fields["id"]
         raise EOFError("the stream ended")
 
     def until(self, topic: str) -> SseEvent:
@@ -322,3 +331,57 @@ def test_a_stream_never_read_frees_its_slot(app: Flask, base_url: str) -> None:
     while hub.clients:
         assert time.monotonic() < deadline, f"{hub.clients} streams still held"
         time.sleep(0.05)
+
+
+def test_resuming_after_the_snapshot_replays_nothing_older(
+    app: Flask, base_url: str, node_id: str
+) -> None:
+    state = f"pyedge/{node_id}/probe/state"
+    beat = f"pyedge/{node_id}/probe/beat"
+    publish(app, state, {"v": 1}, retain=True)
+    for n in range(3):  # before the stream: not for it, even on a reconnect
+        publish(app, beat, {"n": n})
+    hub: EventHub = app.extensions[EXTENSION]
+    deadline = time.monotonic() + 5
+    while sum(1 for e in hub._history if e.topic == beat) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    token = authorize(app)
+    reader = SseReader(f"{base_url}/api/events", token, topic=f"pyedge/{node_id}/probe/#")
+    assert reader.until(state).data["retained"] is True
+    # After its snapshot the stream moves the last event id to the present, with no event.
+    assert set(reader.next_block()) == {"id"}
+    last = reader.last_id
+    reader.close()
+    again = SseReader(
+        f"{base_url}/api/events", token, last_id=last, topic=f"pyedge/{node_id}/probe/#"
+    )
+    try:
+        publish(app, beat, {"n": 99})
+        assert again.next_event().data["payload"] == {"n": 99}
+    finally:
+        again.close()
+
+
+def test_a_cleared_topic_leaves_the_snapshot_and_nan_is_null(
+    app: Flask, base_url: str, node_id: str
+) -> None:
+    gone = f"pyedge/{node_id}/probe/gone"
+    odd = f"pyedge/{node_id}/probe/odd"
+    bus = app.extensions["pyedge"].bus
+    publish(app, gone, {"v": 1}, retain=True)
+    bus.publish(gone, b"", qos=1, retain=True)
+    bus.publish(odd, b'{"value": NaN}', qos=1, retain=True)
+    hub: EventHub = app.extensions[EXTENSION]
+    deadline = time.monotonic() + 5
+    while odd not in {e.topic for e in hub._backlog(None)}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert gone not in {e.topic for e in hub._backlog(None)}
+    reader = SseReader(f"{base_url}/api/events", authorize(app), topic=f"pyedge/{node_id}/probe/#")
+    try:
+        event = reader.next_event()
+        assert event.data == {"topic": odd, "payload": {"value": None}, "retained": True}
+    finally:
+        reader.close()
+        bus.publish(odd, b"", qos=1, retain=True)

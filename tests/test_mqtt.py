@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from paho.mqtt.enums import MQTTProtocolVersion
@@ -225,3 +226,52 @@ def test_a_burst_through_the_bus_reaches_a_qos1_subscriber_whole_and_in_order(
     _wait(lambda: len(recorder.on(topic)) >= count, timeout=30)
     assert [m.json()["seq"] for m in recorder.on(topic)] == list(range(count))
     bus.close()
+
+
+@pytest.mark.parametrize("protocol", [MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311])
+def test_overlapping_filters_deliver_each_message_once_to_each(
+    broker: Broker, node_id: str, protocol: MQTTProtocolVersion
+) -> None:
+    # Mosquitto sends a copy per matching subscription: without subscription identifiers
+    # (MQTT 5) every callback would run once per copy, an operation call twice.
+    wide: list[bytes] = []
+    narrow: list[bytes] = []
+    other: list[bytes] = []
+    bus = Bus(
+        BusSettings(
+            broker.host,
+            broker.port,
+            f"ovl-{node_id}",
+            will_topic=f"pyedge/{node_id}/probe/status",
+            protocol=protocol,
+            **broker.login(),
+        )
+    )
+    bus.subscribe(f"pyedge/{node_id}/#", lambda m: wide.append(m.payload))
+    bus.subscribe(f"pyedge/{node_id}/probe/+", lambda m: narrow.append(m.payload))
+    bus.subscribe(f"pyedge/{node_id}/elsewhere", lambda m: other.append(m.payload))
+    bus.start()
+    try:
+        assert bus.wait_connected(5)
+        sender = MqttRecorder(broker.host, broker.port, f"send-{node_id}", **broker.login())
+        try:
+            topic = f"pyedge/{node_id}/probe/in"
+            sender.client.publish(topic, b"one", qos=1).wait_for_publish(5)
+            sender.client.publish(f"pyedge/{node_id}/last", b"end", qos=1).wait_for_publish(5)
+            _wait(lambda: b"end" in wide)
+            time.sleep(0.2)  # a duplicate would come on the same connection, in order
+            if protocol is MQTTProtocolVersion.MQTTv5:
+                assert wide.count(b"one") == 1 and narrow.count(b"one") == 1
+            else:  # MQTT 3.1.1 has no identifiers: each still gets it, as paho gives it
+                assert b"one" in wide and b"one" in narrow
+            assert other == []
+            # Unsubscribed, a filter gets nothing more; the others go on.
+            bus.unsubscribe(f"pyedge/{node_id}/probe/+")
+            sender.client.publish(topic, b"two", qos=1).wait_for_publish(5)
+            _wait(lambda: b"two" in wide)
+            time.sleep(0.2)
+            assert b"two" not in narrow
+        finally:
+            sender.close()
+    finally:
+        bus.close()

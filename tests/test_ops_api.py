@@ -24,6 +24,7 @@ def test_list_shows_kinds_param_schemas_and_idle_sessions(client: FlaskClient) -
     assert ops["sleep"]["kind"] == "task"
     assert ops["heartbeat"]["kind"] == "process"
     assert ops["sleep"]["role"] == "operator"
+    assert ops["sleep"]["destructive"] is False
     assert ops["sleep"]["params_schema"]["required"] == ["seconds"]
     assert ops["sleep"]["params_schema"]["properties"]["seconds"]["type"] == "number"
     assert ops["sleep"]["session"]["state"] == "idle"

@@ -91,6 +91,8 @@ class Client:
     # What it gets first (the retained state, or what it missed): apart from the queue, so
     # that a site's large snapshot never counts against a reader's live slack.
     backlog: list[str] = field(default_factory=list)
+    # The hub's last event id when it opened: where a reconnect resumes from.
+    opened_at: str = ""
 
     def __post_init__(self) -> None:
         self._subs = [tuple(sub.split("/")) for sub in self.filters]
@@ -114,7 +116,8 @@ def payload_of(message: MQTTMessage) -> Any:
     """The message's payload: JSON when it parses, else text."""
     text = message.payload.decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
+        # NaN and Infinity (which json.dumps writes) are no JSON a browser can parse.
+        return json.loads(text, parse_constant=lambda _: None)
     except ValueError:
         return text
 
@@ -129,6 +132,7 @@ class EventHub:
         # A new boot id per process: an id from before a restart is not ours to resume.
         self.boot = secrets.token_hex(4)
         self._seq = itertools.count(1)
+        self._last_seq = 0
         self._clients: set[Client] = set()
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self._retained: dict[str, Event] = {}
@@ -138,7 +142,15 @@ class EventHub:
     def attach(self, host: ServiceHost) -> None:
         """Subscribe to everything under the topic root, through the host's bus."""
         assert host.bus is not None, "the host's init_app first"
+        # After a reconnect the broker sends the retained state again: what was cleared
+        # meanwhile must not stay in the snapshot.
+        host.bus.on_connect(self.forget_retained)
         host.bus.subscribe(f"{self.root}/#", self.on_message, retain_as_published=True)
+
+    def forget_retained(self) -> None:
+        """Drop the snapshot; the broker's resend of the retained messages rebuilds it."""
+        with self._lock:
+            self._retained.clear()
 
     @property
     def clients(self) -> int:
@@ -149,10 +161,12 @@ class EventHub:
         """Format the message once and offer it to every client that wants it."""
         topic = message.topic
         with self._lock:
-            seq = next(self._seq)
+            seq = self._last_seq = next(self._seq)
             data = {"topic": topic, "payload": payload_of(message), "retained": message.retain}
             event = Event(seq, topic, self.format(seq, data), bool(message.retain))
-            if message.retain:
+            # A topic already held is state: its update counts whatever the flag says
+            # (MQTT 3.1.1 has no retain-as-published, and clears the flag live).
+            if message.retain or topic in self._retained:
                 if message.payload:
                     self._retained[topic] = event
                 else:  # an empty retained message clears the topic
@@ -181,10 +195,11 @@ class EventHub:
     def drop(self, client: Client) -> None:
         """Stop feeding a client that is not reading; its stream ends."""
         with self._lock:
-            if client in self._clients:
-                self._clients.discard(client)
-                self.dropped += 1
-                client.dropped = True
+            if client not in self._clients:
+                return  # already gone: its socket may be serving another request by now
+            self._clients.discard(client)
+            self.dropped += 1
+            client.dropped = True
         if client.sock is not None:
             # Its thread is blocked writing to a full socket: end the write now (a broken
             # pipe, which the server takes quietly) rather than after the send time-out,
@@ -212,6 +227,7 @@ class EventHub:
                 if client.wants(tuple(event.topic.split("/")))
                 and may_see(role, self.root, event.topic)
             ]
+            client.opened_at = f"{self.boot}-{self._last_seq}"
             self._clients.add(client)
         return client
 
@@ -245,6 +261,10 @@ class EventHub:
             yield f"retry: {RETRY_MS}\n: {self.boot}\n\n"
             backlog, client.backlog = client.backlog, []
             yield from backlog
+            # The snapshot's events keep their old ids: a reconnect from the last of them
+            # would replay what came before this stream. An id alone (no data) moves the
+            # browser's last event id to now without an event.
+            yield f"id: {client.opened_at}\n\n"
             while not client.dropped:
                 try:
                     text = client.queue.get(timeout=self.heartbeat)

@@ -195,12 +195,19 @@ def test_the_dashboard_and_its_live_channel_work_in_the_bundle(
     ) as stream:
         assert stream.status_code == 200
         assert stream.headers["Content-Type"].startswith("text/event-stream")
+        retained = live = None
         for line in stream.iter_lines(decode_unicode=True):
             if line.startswith("data:"):
                 event = json.loads(line.removeprefix("data:"))
                 assert event["topic"] == topic
                 assert "value" in event["payload"]
-                break
+                if event["retained"]:
+                    retained = event  # the last reading, as the stream starts
+                else:
+                    live = event  # a reading sampled after the stream opened
+                    break
+        assert retained is not None and live is not None
+        assert live["payload"]["seq"] > retained["payload"]["seq"]
     # The pages list the services of the other containers, reached through the proxy.
     page = requests.get(f"{bundle.url}/sensors", headers=headers, timeout=30)
     assert page.status_code == 200

@@ -128,6 +128,13 @@ def login(browser: Browser, edge: Edge) -> Iterator[Login]:
 
         page.route("**/*", local_only)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # A blocked asset or script is only a console message: the CSP must block nothing.
+        page.on(
+            "console",
+            lambda message: (
+                errors.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
         log_in(page, base, USERS[role])
         return page
 

@@ -183,3 +183,22 @@ def test_screenshots(login: Login, edge: Edge, screenshots: Path | None) -> None
             phone.screenshot(path=screenshots / "operations-phone.png", full_page=True)
     finally:
         end(edge, "sleep", "abort")
+
+
+def test_an_operation_that_deletes_data_asks_before_it_starts(login: Login, edge: Edge) -> None:
+    purge = "/api/device-service/ops/purge_history"
+    before = edge.node.call(purge)[1]
+    page = login(Role.ADMIN)
+    page.goto(f"{edge.url}/operations")
+    card = operation(page, edge, "purge_history", slug="device-service")
+    card.get_by_label("older than").fill("100000")  # hours: nothing is that old
+    card.get_by_role("button", name="Start").click()
+    dialog = page.locator("dialog#confirm")
+    expect(dialog).to_contain_text("purge_history deletes data")
+    dialog.get_by_role("button", name="Cancel").click()
+    page.wait_for_timeout(500)
+    assert edge.node.call(purge)[1]["started_at"] == before["started_at"], "started anyway"
+    card.get_by_role("button", name="Start").click()
+    dialog.get_by_role("button", name="Start").click()
+    expect(card.locator("[data-state]")).to_have_text("done", timeout=10_000)
+    assert edge.node.call(purge)[1]["params"] == {"older_than": 100000.0}

@@ -26,8 +26,32 @@
   }
 
   /** An edit path with its {field}s filled in from the row, each as one path segment. */
+  // A panel comes from the service, which may be another node's: its paths must stay
+  // under that service's API. `..` (or `.`) would let a node send the admin's session,
+  // with its CSRF token, to any endpoint of this server.
+  const PATH = /^[A-Za-z0-9_~{}-][A-Za-z0-9_.~{}-]*(\/[A-Za-z0-9_~{}-][A-Za-z0-9_.~{}-]*)*$/;
+  const METHODS = new Set(["PATCH", "PUT", "POST"]);
+
+  function safePath(path) {
+    return typeof path === "string" && PATH.test(path) && !path.split("/").some((s) => /^\.+$/.test(s));
+  }
+
+  /** Refuse a panel whose paths or method would leave its service's API. */
+  function checkPanel(spec) {
+    if (!safePath(spec.source)) return `its source ${JSON.stringify(spec.source)} is not a path under the service's API`;
+    if (spec.edit != null && (!safePath(spec.edit) || !METHODS.has(spec.method))) {
+      return `its edit ${JSON.stringify(spec.edit)} (${spec.method}) is not a change under the service's API`;
+    }
+    return null;
+  }
+
   function fill(template, row) {
-    return template.replace(/\{(\w+)\}/g, (_, field) => encodeURIComponent(String(row[field] ?? "")));
+    return template.replace(/\{(\w+)\}/g, (_, field) => {
+      const value = String(row[field] ?? "");
+      // encodeURIComponent keeps dots: a value of "." or ".." would still climb out.
+      if (/^\.+$/.test(value) || value === "") throw new Error(`${field} ${JSON.stringify(value)} cannot name a row`);
+      return encodeURIComponent(value);
+    });
   }
 
   /** A cell; on a phone its table is stacked, and the cell shows its column's name first. */
@@ -129,6 +153,12 @@
    *  and an edit form generated from its schema, prefilled with the row. */
   function panel(spec, index) {
     const titleId = `panel-${index}`;
+    const refused = checkPanel(spec);
+    if (refused) {
+      return el("section", { class: "card panel", "aria-labelledby": titleId, dataset: { panel: String(spec.title) } },
+        el("h2", { id: titleId }, String(spec.title)),
+        el("p", { class: "bad", role: "alert" }, `This panel is not shown: ${refused}.`));
+    }
     const content = el("div", {}, el("p", { class: "muted" }, "Loading…"));
     const editor = el("div", { class: "panel-edit" });
     const editable = Boolean(spec.edit && spec.form_schema && can(spec.role));

@@ -161,6 +161,8 @@
         initial: last || {},
         extra,
         submit: async (values) => {
+          // An operation that deletes data says so (GET /ops): ask before it starts.
+          if (op.destructive && !(await confirm(`${op.name} deletes data and cannot be undone. Start it?`, "Start"))) return;
           // Errors (422 at the fields, 409 above the buttons) are shown by the form.
           refresh(await api("POST", `${opUrl}/start`, values));
         },

@@ -93,8 +93,10 @@
     const status = document.getElementById("live-status");
     const source = new EventSource(url, { withCredentials: true });
     source.addEventListener("message", (event) => {
-      const data = JSON.parse(event.data);
-      try { handler(data.topic, data.payload, data.retained); } catch (exc) { console.error(exc); }
+      try {
+        const data = JSON.parse(event.data);
+        handler(data.topic, data.payload, data.retained);
+      } catch (exc) { console.error(exc); }
     });
     source.addEventListener("open", () => { if (status) status.textContent = ""; });
     source.addEventListener("error", () => {
