@@ -105,9 +105,7 @@ def acquire_autostart(runtime: ServiceRuntime) -> dict[str, Any] | None:
 service.process("acquire", acquire, autostart=acquire_autostart)
 service.task("read", read, params=ReadParams)
 # Deleting history is a change to the node's data, not an operator's daily work.
-service.task(
-    "purge_history", purge_history, params=PurgeParams, role=Role.ADMIN, destructive=True
-)
+service.task("purge_history", purge_history, params=PurgeParams, role=Role.ADMIN, destructive=True)
 
 # The admin page's own section: each sensor's cadence and calibration, changed in place
 # through PATCH /sensors/<name> (views.py) until the next restart.
