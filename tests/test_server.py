@@ -47,6 +47,9 @@ def test_wrong_method_is_405_with_the_error_envelope(client: FlaskClient) -> Non
     response = client.delete("/api/health")
     assert response.status_code == 405
     assert response.json == {"code": 405, "status": "Method Not Allowed"}
+    # RFC 9110: a 405 says which methods the resource has.
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert client.put("/api/auth/users").headers["Allow"] == "GET, HEAD, OPTIONS, POST"
 
 
 def test_hello_uses_the_configured_greeting(app_config: dict[str, Any], node_id: str) -> None:

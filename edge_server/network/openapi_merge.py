@@ -30,6 +30,7 @@ import flask
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from edge_server.network.identity import sign_caller
 from edge_server.network.remote import EXTENSION as REMOTE_EXTENSION
@@ -574,6 +575,13 @@ class MergedApi(Api):  # type: ignore[misc]
             mimetype="application/json",
         )
         return response
+
+    def handle_http_exception(self, error: HTTPException) -> Any:
+        """The smorest envelope, with the `Allow` header RFC 9110 requires on every 405."""
+        payload, code, headers = super().handle_http_exception(error)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers = {**headers, "Allow": ", ".join(sorted(error.valid_methods))}
+        return payload, code, headers
 
     def close(self) -> None:
         """Stop the document fetches."""
