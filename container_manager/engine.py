@@ -16,6 +16,7 @@ import docker
 
 from container_manager.errors import EngineTimeout, EngineUnavailable, translated
 from pyedge import ServiceRuntime
+from pyedge.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,16 @@ class Engine:
     while the engine is away and works as soon as it answers.
     """
 
-    def __init__(self, base_url: str | None, timeout: float, slow_timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str | None,
+        timeout: float,
+        slow_timeout: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.base_url = base_url
+        # Counts every call and its errors (pyedge_engine_calls_total, ..._errors_total).
+        self.metrics = metrics if metrics is not None else Metrics()
         self.timeouts: dict[str, float | None] = {
             "call": timeout,
             "slow": slow_timeout,
@@ -96,14 +105,21 @@ class Engine:
     def _run(self, kind: str, func: Callable[[docker.DockerClient], T]) -> T:
         try:
             with translated():
-                return func(self._get(kind))
-        except EngineTimeout:
+                result = func(self._get(kind))
+        except EngineTimeout as exc:
+            self.metrics.engine_call(kind, exc)
             raise  # the engine is there, only slow: its connections stay good
-        except EngineUnavailable:
+        except EngineUnavailable as exc:
+            self.metrics.engine_call(kind, exc)
             # The pooled connections lead to the old engine process: closing them keeps no
             # dead sockets, and the next call negotiates afresh with whatever engine answers.
             self.close()
             raise
+        except Exception as exc:
+            self.metrics.engine_call(kind, exc)
+            raise
+        self.metrics.engine_call(kind)
+        return result
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers within PING_TIMEOUT_S."""

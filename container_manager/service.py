@@ -45,7 +45,10 @@ def open_engine(runtime: ServiceRuntime) -> None:
     """Set up the engine clients (they connect on first use) and the policy."""
     settings = runtime.settings
     runtime.extras[ENGINE] = Engine(
-        settings["docker_host"], settings["timeout"], settings["slow_timeout"]
+        settings["docker_host"],
+        settings["timeout"],
+        settings["slow_timeout"],
+        metrics=runtime.metrics,
     )
     runtime.extras[POLICY] = Policy.from_settings(
         runtime.settings, socket_path(runtime.settings["docker_host"])

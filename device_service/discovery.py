@@ -13,6 +13,8 @@ from pyedge import ServiceRuntime, __version__
 logger = logging.getLogger(__name__)
 
 BIRTH_TOPIC = "status"  # under the discovery prefix: Home Assistant says `online` there
+# The kind a malformed birth message is counted as (pyedge_mqtt_rejected_total).
+BIRTH_REJECTED = "ha_birth"
 ON, OFF = "ON", "OFF"
 
 
@@ -134,3 +136,11 @@ class Discovery:
     def _on_birth(self, message: Any) -> None:
         if message.payload == b"online":
             self.announce()
+        elif message.payload != b"offline":  # Home Assistant's will; anything else is wrong
+            self.runtime.metrics.reject(
+                BIRTH_REJECTED,
+                message.topic,
+                message.payload,
+                "expected online or offline",
+                log=logger,
+            )

@@ -175,6 +175,11 @@ class Outbox:
                 "policy": self.policy,
             }
 
+    def sampled(self) -> dict[str, int]:
+        """Each sensor's last `seq`: how many of its readings were ever stored."""
+        with self._session():
+            return dict(self._db.execute("SELECT sensor, seq FROM seq").fetchall())
+
     def history(
         self, sensor: str, since: float, until: float, limit: int, keys: Sequence[str]
     ) -> tuple[list[dict[str, Any]], bool]:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from inspect import iscoroutinefunction
 from typing import Any
 
 from flask import Flask
 
-from edge_server import dashboard, views
+from edge_server import dashboard, metrics, views
 from edge_server.dashboard.login import SWAGGER_ASSETS_URL
 from edge_server.network import remote_listener
 from edge_server.network.openapi_merge import MergedApi
 from edge_server.network.proxy import Proxy
 from edge_server.registry import configure
 from edge_server.security import views as auth_views
-from edge_server.security.tls import server_tls
-from pyedge import EdgeService, ServiceHost, __version__
+from pyedge import EdgeService, ServiceHost, __version__, fields
 from pyedge.announce import default_advertise_url
 from pyedge.auth import Auth
 from pyedge.bus_config import mqtt_login
@@ -26,6 +26,30 @@ from pyedge.security import SECURITY_SCHEMES
 logger = logging.getLogger(__name__)
 
 PROCESS_SLUG = "edge-server"
+
+
+class EdgeFlask(Flask):
+    """Flask, remembering which views and hooks are plain functions.
+
+    Flask asks of every hook and view, on every request, whether it is a coroutine
+    (eight times for a light GET here); the answer never changes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plain: set[Any] = set()
+
+    def ensure_sync(self, func: Any) -> Any:
+        """Flask's, answered from memory for a function already seen to be plain."""
+        # A MethodView's handler is bound to a new view on each request: key on its function.
+        key = getattr(func, "__func__", func)
+        if key in self._plain:
+            return func
+        if iscoroutinefunction(func):
+            return super().ensure_sync(func)
+        self._plain.add(key)
+        return func
+
 
 OPENAPI_CONFIG = {
     "API_TITLE": "PyEdge",
@@ -61,6 +85,9 @@ def tls_fingerprint(settings: LoadedConfig) -> str | None:
     if not settings["EDGE_TLS"]:
         return None
     # Checked (or made) by `pyedge serve` before the worker started: this only reads it.
+    # Imported here: cryptography's x509 is for TLS alone (see pyedge.identity).
+    from edge_server.security.tls import server_tls
+
     return server_tls(settings).fingerprint.replace(":", "").lower()
 
 
@@ -79,7 +106,7 @@ def create_app(
     # The dashboard's templates are the app's, so that they win over flask-smorest's own
     # (its Swagger UI page gets the CSRF token). No static folder: the dashboard serves
     # its assets itself (only the stylesheet is public).
-    app = Flask(__name__, static_folder=None, template_folder="dashboard/templates")
+    app = EdgeFlask(__name__, static_folder=None, template_folder="dashboard/templates")
     app.config.update(OPENAPI_CONFIG)
     app.config.update(settings)
     app.extensions["pyedge.settings"] = settings  # each value's source, for the admin pages
@@ -95,6 +122,7 @@ def create_app(
     auth.init_app(app, setup_code=not (own and settings.get("EDGE_HUB_PUBLIC_KEY")))
     # Its /api/openapi.json (and Swagger UI) also documents the remote services.
     api = MergedApi(app)
+    fields.register(api.ma_plugin.converter)
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
     api.register_blueprint(views.blp)
@@ -115,10 +143,13 @@ def create_app(
     remote_listener.init_app(app, host)
     dashboard.init_app(app, host, api)
     host.close_hooks.append(api.close)
+    proxy = None
     if settings["EDGE_ROLE"] != "solo":  # the remote services are reached through it
         proxy = Proxy()
         proxy.init_app(app)
         host.close_hooks.append(proxy.close)
+    # GET /metrics; an edge-server that fronts remote services scrapes theirs, signed.
+    metrics.init_app(app, host, key=(lambda: proxy.key) if proxy is not None else None)
     try:
         host.start()
     except BaseException:

@@ -14,6 +14,7 @@ from pyedge import config as cfg
 from pyedge.announce import Announcer
 from pyedge.bus import Bus
 from pyedge.bus_config import MQTT_PROTOCOLS, bus_settings
+from pyedge.metrics import Metrics
 from pyedge.service import EdgeService, ServiceRuntime
 from pyedge.version import __version__
 
@@ -105,6 +106,8 @@ class ServiceHost:
         self.runtimes: dict[str, ServiceRuntime] = {}
         self.node = ""
         self.bus: Bus | None = None
+        # The process's Prometheus registry (GET /metrics), shared with the runtimes.
+        self.metrics = Metrics()
         self._close_lock = threading.Lock()
         self._closed = False
         # Run after the services stop (e.g. the app's account store closing).
@@ -122,6 +125,8 @@ class ServiceHost:
         conf = app.config
         self.node = conf["EDGE_NODE_ID"]
         self.bus = Bus(bus_settings(conf, self.process_slug))
+        self.metrics.init_app(app)
+        self.metrics.watch_host(self)
         for service in self.services:
             api.register_blueprint(service.blueprint)
             self.runtimes[service.slug] = ServiceRuntime(
@@ -131,6 +136,7 @@ class ServiceHost:
                 settings=conf,
                 data_dir=conf["EDGE_DATA_DIR"],
                 site=conf["EDGE_SITE"],
+                metrics=self.metrics,
             )
         app.extensions[EXTENSION] = self
 

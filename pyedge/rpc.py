@@ -40,6 +40,8 @@ WORKERS = 4
 MAX_PENDING = 64
 REPLY_QOS = 1
 CHANGES = frozenset({"start", "abort", "stop"})
+# The kind a refused call is counted as (pyedge_mqtt_rejected_total).
+REJECTED = "op_call"
 
 
 class CallSchema(ma.Schema):
@@ -113,15 +115,23 @@ class OpResponder:
         """Perform one call with MQTT_ROLE; the session, or raises OpCallError."""
         try:
             body = json.loads(payload)
-        except ValueError as exc:
-            raise OpCallError(HTTPStatus.BAD_REQUEST, f"the call is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+            raise self._malformed(
+                name, payload, HTTPStatus.BAD_REQUEST, f"the call is not JSON: {exc}"
+            ) from None
         if not isinstance(body, dict):
-            raise OpCallError(HTTPStatus.BAD_REQUEST, "the call must be a JSON object")
+            raise self._malformed(
+                name, payload, HTTPStatus.BAD_REQUEST, "the call must be a JSON object"
+            )
         try:
             request = CallSchema().load(body)
         except ma.ValidationError as exc:
-            raise OpCallError(
-                HTTPStatus.UNPROCESSABLE_ENTITY, "invalid call", {"request": exc.messages}
+            raise self._malformed(
+                name,
+                payload,
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "invalid call",
+                {"request": exc.messages},
             ) from exc
         action = request["action"]
         if action in CHANGES:
@@ -138,27 +148,37 @@ class OpResponder:
             raw_params=True,
         )
 
+    def _malformed(
+        self, name: str, payload: bytes, status: HTTPStatus, message: str, errors: Any = None
+    ) -> OpCallError:
+        """A call whose envelope is refused: logged, counted, answered with the error."""
+        topic = self.runtime.topic("ops", name, "call")
+        self.runtime.metrics.reject(REJECTED, topic, payload, message, log=logger)
+        return OpCallError(status, message, errors)
+
     def _receive(self, message: mqtt.MQTTMessage) -> None:
         # paho's network thread: check the envelope, hand the work to the pool.
         if self.runtime.bus.protocol is not MQTTProtocolVersion.MQTTv5:
             self._check_protocol()
             return
+        reject = self.runtime.metrics.reject
         if message.retain:
             # A retained call would run again at every reconnect.
-            logger.warning("retained call on %s ignored", message.topic)
+            reject(REJECTED, message.topic, message.payload, "a retained call", log=logger)
             return
         properties = message.properties
         response_topic: str | None = getattr(properties, "ResponseTopic", None)
         correlation: bytes | None = getattr(properties, "CorrelationData", None)
         if not response_topic:
-            logger.warning("call on %s without a response topic ignored", message.topic)
+            reject(REJECTED, message.topic, message.payload, "no response topic", log=logger)
             return
         if not self._valid_reply(response_topic):
-            logger.warning(
-                "call on %s refused: response topic %r is not under %s",
+            reject(
+                REJECTED,
                 message.topic,
-                response_topic,
-                self.reply_prefix,
+                message.payload,
+                f"response topic {response_topic!r} is not under {self.reply_prefix}",
+                log=logger,
             )
             return
         name = message.topic.split("/")[-2]

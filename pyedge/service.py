@@ -16,6 +16,7 @@ from pyedge import admin_views, ops_views
 from pyedge.admin import AdminPanel, RingHandler, attach_log, detach_log, log_package
 from pyedge.config import SLUG_RE, ConfigError, Section, Setting
 from pyedge.errors import PyEdgeError
+from pyedge.metrics import Metrics
 from pyedge.operations import (
     Autostart,
     NoParams,
@@ -230,12 +231,15 @@ class ServiceRuntime:
         settings: Mapping[str, Any],
         data_dir: Path,
         site: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
         self.service = service
         self.node = node
         self.site = site
         self.root = topic_root(site)
         self.bus = bus
+        # The process's metrics: a service counts its events and registers its collectors.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.settings = {
             setting.name: settings[service.section.key(setting)]
             for setting in service.section.settings

@@ -29,6 +29,7 @@ from edge_server.network.remote import RemoteRegistry, RemoteService
 from edge_server.network.remote_http import FetchError, fetch_json
 from edge_server.network.remote_listener import RemoteListener, announced_url
 from pyedge.identity import CALLER_HEADER
+from pyedge.metrics import Metrics
 from pyedge.security import Role
 from tests.conftest import authorized_client
 from tests.test_openapi import LOCAL_BEARER, local_document, remote_document
@@ -444,7 +445,7 @@ def test_health_lists_remote_services_to_authenticated_callers_only(hub: Flask) 
 def bare_listener(interval: float = 10) -> tuple[RemoteListener, RemoteRegistry]:
     """A listener on a host of node `hub` serving nothing, not subscribed to any bus."""
     registry = RemoteRegistry()
-    host = SimpleNamespace(node="hub", runtimes={}, bus=None)
+    host = SimpleNamespace(node="hub", runtimes={}, bus=None, metrics=Metrics())
     listener = RemoteListener(
         registry,
         host,  # type: ignore[arg-type]

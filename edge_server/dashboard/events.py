@@ -31,6 +31,7 @@ from flask import Flask, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import abort
 from paho.mqtt.client import MQTTMessage
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pyedge import ServiceHost
 from pyedge.security import Blueprint, Role, requires
@@ -118,7 +119,7 @@ def payload_of(message: MQTTMessage) -> Any:
     try:
         # NaN and Infinity (which json.dumps writes) are no JSON a browser can parse.
         return json.loads(text, parse_constant=lambda _: None)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         return text
 
 
@@ -156,6 +157,17 @@ class EventHub:
     def clients(self) -> int:
         """Streams open now."""
         return len(self._clients)
+
+    def families(self) -> Iterator[Metric]:
+        """The live channel's metrics: streams open now, and streams dropped for not reading."""
+        yield GaugeMetricFamily(
+            "pyedge_sse_clients", "Live channel streams open now", value=self.clients
+        )
+        yield CounterMetricFamily(
+            "pyedge_sse_dropped",
+            "Live channel streams dropped because their client stopped reading",
+            value=self.dropped,
+        )
 
     def on_message(self, message: MQTTMessage) -> None:
         """Format the message once and offer it to every client that wants it."""
@@ -358,6 +370,7 @@ def init_app(app: Flask, host: ServiceHost, api: Any) -> EventHub:
         heartbeat=settings["EDGE_SSE_HEARTBEAT"],
     )
     events.attach(host)
+    host.metrics.register(events.families)
     app.extensions[EXTENSION] = events
     api.register_blueprint(blp)
     host.close_hooks.append(events.close)

@@ -22,11 +22,10 @@ import re
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, unquote, urlsplit
 
 import urllib3
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Blueprint, Flask, Response, current_app, g, redirect, request
 from flask_smorest import abort
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, requote_uri
@@ -42,7 +41,11 @@ from pyedge.accounts import Identity
 from pyedge.auth import current_auth
 from pyedge.host import EXTENSION as HOST_EXTENSION
 from pyedge.identity import CALLER_HEADER, SIGNATURE_HEADER
+from pyedge.metrics import current_metrics
 from pyedge.security import READ_METHODS, Role, requires
+
+if TYPE_CHECKING:  # cryptography is loaded with the hub's key (hub_key), not before
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,13 @@ RESPONSE_SET = {
 # What browsers ignore in a URL, or read as a slash, before they resolve it.
 URL_IGNORED = re.compile(r"[\t\n\r]")
 C0_AND_SPACE = "".join(map(chr, range(0x21)))
+# Why a request was not forwarded, by the status the proxy answered it with.
+OUTCOMES = {
+    HTTPStatus.SERVICE_UNAVAILABLE: "offline",
+    HTTPStatus.BAD_GATEWAY: "unreachable",
+    HTTPStatus.GATEWAY_TIMEOUT: "timeout",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "too_large",
+}
 PROXY_ENDPOINTS = frozenset({"proxy.by_slug", "proxy.by_node", "proxy.by_node_root"})
 
 bp = Blueprint("proxy", __name__)
@@ -265,7 +275,22 @@ class Proxy:
     # --- forwarding ----------------------------------------------------------------------
 
     def forward(self, service: RemoteService, path: str, qualified: bool) -> Response:
-        """Send the current request to `service` at `path` (/api/<slug>/...); pass on its answer."""
+        """Send the current request to `service` at `path` (/api/<slug>/...); pass on its answer.
+
+        Counted by outcome (pyedge_proxy_requests_total): answered, whatever the status the
+        service gave, or why it was not.
+        """
+        metrics = current_metrics(current_app)
+        try:
+            response = self._forward(service, path, qualified)
+        except HTTPException as exc:
+            outcome = OUTCOMES.get(exc.code or 0, "refused")
+            metrics.proxied(service.node, service.slug, outcome)
+            raise
+        metrics.proxied(service.node, service.slug, "answered")
+        return response
+
+    def _forward(self, service: RemoteService, path: str, qualified: bool) -> Response:
         if not service.online:
             interval = float(current_app.config.get("EDGE_REMOTE_HEALTH_INTERVAL", 10.0))
             fail(
@@ -403,6 +428,15 @@ class Proxy:
             # No body to pass on (the server would never iterate, and so never close it).
             close(upstream)
             body: Any = []
+        elif small(raw_headers.get("Content-Length")):
+            # A short answer of known length (most API answers) is read whole and sent in
+            # one piece: chunk by chunk cost the hub more than the answer's bytes.
+            try:
+                body = [upstream.read(decode_content=False)]
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self.unreachable(service, label, exc)
+            finally:
+                close(upstream)
         else:
             body = UpstreamBody(upstream, label)
         response = Response(body, status=status, direct_passthrough=True)
@@ -415,6 +449,11 @@ class Proxy:
 
 # Characters kept as they are when a path is quoted for the upstream URL (RFC 3986 pchar).
 SAFE_URL = "/:@!$&'()*+,;=~"
+
+
+def small(length: str | None) -> bool:
+    """True for a Content-Length of at most one chunk."""
+    return length is not None and length.isdigit() and int(length) <= CHUNK
 
 
 def connection_tokens(value: str) -> frozenset[str]:

@@ -1,4 +1,4 @@
-"""The one way the edge-server asks a remote service for JSON: health checks, OpenAPI documents.
+"""The one way the edge-server fetches from a remote service: health, OpenAPI, metrics.
 
 A remote service's URL comes from its announcement, so what answers there is not trusted:
 every fetch has a total wall-clock deadline (connect, TLS, headers and body together, not
@@ -54,6 +54,30 @@ def fetch_json(
     `fingerprint`: the SHA-256 (hex) an https server's certificate must have (pinned, as
     announced), instead of a check against the system's CAs. Raises FetchError.
     """
+    body, status = fetch_body(
+        url,
+        headers=headers,
+        deadline_s=deadline_s,
+        max_bytes=max_bytes,
+        accept=accept,
+        fingerprint=fingerprint,
+    )
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise FetchError(f"{url} did not answer JSON (HTTP {status})") from None
+
+
+def fetch_body(
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    deadline_s: float,
+    max_bytes: int,
+    accept: Collection[int] = (200,),
+    fingerprint: str | None = None,
+) -> tuple[bytes, int]:
+    """GET `url`: its body and status, under fetch_json's rules. Raises FetchError."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"{url} is not an http(s) URL")
@@ -113,10 +137,7 @@ def fetch_json(
         conn.close()
     if expired.is_set():
         raise FetchError(f"no answer from {url} within {deadline_s:g} s")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise FetchError(f"{url} did not answer JSON (HTTP {status})") from None
+    return body, status
 
 
 def _get(
@@ -168,4 +189,4 @@ def _root_cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["FetchError", "fetch_json"]
+__all__ = ["FetchError", "fetch_body", "fetch_json"]

@@ -29,6 +29,7 @@ from flask import Flask
 from edge_server.network.remote import EXTENSION, OFFLINE, ONLINE, RemoteRegistry, RemoteService
 from edge_server.network.remote_http import FetchError, fetch_json
 from pyedge import ServiceHost
+from pyedge.operations import OpState
 from pyedge.service import topic_root
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 HOSTNAME = re.compile(rf"^{LABEL}(?:\.{LABEL})*\.?$")
 LIVE_OFFLINE = "status offline: stopped, or lost its broker connection"
 RETAINED_OFFLINE = "status offline (retained on the broker)"
+# What a published session's state may be (pyedge.operations.OpState).
+OP_STATES = frozenset(state.value for state in OpState)
 
 
 class OpSchema(ma.Schema):
@@ -215,7 +218,12 @@ class RemoteListener:
     def _on_status(self, message: mqtt.MQTTMessage) -> None:
         parsed = self._key(message.topic)
         payload = message.payload.decode(errors="replace")
-        if parsed is None or payload not in (ONLINE, OFFLINE):
+        if parsed is None or not payload:
+            return  # an empty retained status was cleared (a node left)
+        if payload not in (ONLINE, OFFLINE):
+            self.host.metrics.reject(
+                "status", message.topic, message.payload, "expected online or offline", log=logger
+            )
             return
         node, slug, _rest = parsed
         key = (node, slug)
@@ -247,7 +255,11 @@ class RemoteListener:
         if self._local(node, slug):
             return
         try:
-            data = AnnouncementSchema().load(json.loads(message.payload))
+            try:
+                raw = json.loads(message.payload)
+            except RecursionError:
+                raise ValueError("nested too deep") from None
+            data = AnnouncementSchema().load(raw)
             if (data["node"], data["slug"]) != (node, slug):
                 raise ValueError(f"it names {data['node']}/{data['slug']}")
             url = announced_url(data["url"], loopback_ok=node == self.host.node)
@@ -258,7 +270,9 @@ class RemoteListener:
                 raise ValueError(f"openapi {openapi!r} is not {url}/api/openapi.json")
         except (ValueError, ma.ValidationError) as exc:
             detail = exc.messages if isinstance(exc, ma.ValidationError) else exc
-            logger.warning("ignoring a malformed announcement on %s: %s", message.topic, detail)
+            self.host.metrics.reject(
+                "announcement", message.topic, message.payload, detail, log=logger
+            )
             return
         with self._lock:
             status, reason = self._statuses.get((node, slug)) or self._pending.pop(
@@ -308,10 +322,17 @@ class RemoteListener:
         service = self.registry.get(node, slug)
         if service is None or op not in {listed["name"] for listed in service.ops}:
             return  # only the operations its announcement lists
+        if not message.payload:
+            return  # cleared (a node left)
         try:
             session = json.loads(message.payload)
             state = {"state": session["state"], "success": session.get("success")}
-        except (ValueError, TypeError, KeyError):
+            if state["state"] not in OP_STATES or state["success"] not in (True, False, None):
+                raise ValueError(f"no session state: {state}")
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            self.host.metrics.reject(
+                "op_state", message.topic, message.payload, repr(exc), log=logger
+            )
             return
         with self._lock:
             self._ops.setdefault((node, slug), {})[op] = state

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.compose.bundle import (
     COMPOSE_FILE,
@@ -177,6 +178,29 @@ def test_a_reading_reaches_a_subscriber_on_the_host(
         client.disconnect()
         client.loop_stop()
     assert refused and refused[0].is_failure, refused  # MQTT 5: "not authorized"
+
+
+def test_the_edge_servers_metrics_include_the_device_services_readings(
+    bundle: Bundle, admin_token: str
+) -> None:
+    def published() -> bool:
+        answer = bundle.api("GET", "/metrics", admin_token)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if (sample.labels.get("node"), sample.labels.get("process")) == (
+                    NODE,
+                    "device-service",
+                ):
+                    found[sample.name] = sample.value
+        # Scraped from the device-service's container, through the signed-caller path.
+        return (
+            found.get("pyedge_scrape_up") == 1
+            and found.get("pyedge_readings_published_total", 0) > 0
+        )
+
+    wait_for("the device-service's readings in the edge-server's /metrics", published)
 
 
 def test_the_dashboard_and_its_live_channel_work_in_the_bundle(
