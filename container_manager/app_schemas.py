@@ -26,6 +26,7 @@ from typing import Any
 import marshmallow as ma
 
 from container_manager.specs import RESTART_RE, ContainerSpecSchema
+from pyedge import fields
 
 # App and service names: they become parts of container, network and volume names.
 APP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -73,13 +74,13 @@ class AppServiceSchema(ContainerSpecSchema):
 
     restart = ma.fields.String(
         load_default="unless-stopped",
-        validate=ma.validate.Regexp(
+        validate=fields.FullMatch(
             RESTART_RE, error="restart is no, always, unless-stopped or on-failure[:N]"
         ),
         metadata={"description": "who restarts it is the reconciler, with backoff"},
     )
     depends_on = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Regexp(APP_NAME_RE, error=NAME_ERROR)),
+        ma.fields.String(validate=fields.FullMatch(APP_NAME_RE, error=NAME_ERROR)),
         load_default=list,
         metadata={"description": "services of this app created and started first"},
     )
@@ -89,10 +90,11 @@ class AppSpecSchema(ma.Schema):
     """An app: its services by name (a subset of a compose file's `services`)."""
 
     services = ma.fields.Dict(
-        keys=ma.fields.String(validate=ma.validate.Regexp(APP_NAME_RE, error=NAME_ERROR)),
+        keys=ma.fields.String(validate=fields.FullMatch(APP_NAME_RE, error=NAME_ERROR)),
         values=ma.fields.Nested(AppServiceSchema),
         required=True,
         validate=ma.validate.Length(min=1, error="an app has at least one service"),
+        metadata={"minProperties": 1},
     )
 
     @ma.validates_schema

@@ -62,7 +62,7 @@ def store() -> AppStore:
 
 def checked_name(name: str) -> str:
     """The app name of the path, or 422 as for any invalid argument."""
-    if not APP_NAME_RE.match(name):
+    if not APP_NAME_RE.fullmatch(name):
         abort(
             HTTPStatus.UNPROCESSABLE_ENTITY,
             message="Unprocessable Entity",
@@ -97,7 +97,16 @@ class Apps(MethodView):
         return [rec.view(app) for app in store().all()]
 
 
-@blp.route("/apps/<name>")
+# The app name of a path, as the document says it (checked_name answers any other 422).
+APP_NAME_PARAMETER = {
+    "in": "path",
+    "name": "name",
+    "required": True,
+    "schema": {"type": "string", "pattern": APP_NAME_RE.pattern},
+}
+
+
+@blp.route("/apps/<name>", parameters=[APP_NAME_PARAMETER])
 class AppResource(MethodView):
     @blp.response(200, AppDetailSchema)
     @blp.alt_response(404, description="No such app")
@@ -174,7 +183,7 @@ class AppResource(MethodView):
             rec.forget(name)
 
 
-@blp.route("/apps/<name>/plan")
+@blp.route("/apps/<name>/plan", parameters=[APP_NAME_PARAMETER])
 class AppPlan(MethodView):
     @blp.arguments(AppSpecSchema)
     @blp.arguments(ApplyArgs, location="query")

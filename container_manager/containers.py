@@ -15,6 +15,8 @@ from container_manager.specs import MANAGED_LABEL
 APP_LABEL = "pyedge.app"
 SERVICE_LABEL = "pyedge.service"
 REDACTED = "<redacted>"
+# The engine's names of a published port's fields (GET /containers/json).
+PORT_FIELDS = frozenset({"IP", "PrivatePort", "PublicPort", "Type"})
 # A log line longer than this is cut: one runaway line must not fill the answer.
 MAX_LINE_CHARS = 16_384
 
@@ -45,8 +47,10 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
         "status": raw.get("Status"),
         "created": datetime.fromtimestamp(raw.get("Created", 0), UTC).isoformat(),
         "labels": labels,
+        # The fields PortSchema declares, and no other: the listing is sent as built here.
         "ports": [
-            {key.lower(): value for key, value in port.items()} for port in raw.get("Ports") or []
+            {key.lower(): value for key, value in port.items() if key in PORT_FIELDS}
+            for port in raw.get("Ports") or []
         ],
         **ownership(labels),
     }

@@ -26,19 +26,26 @@ import urllib3.exceptions
 
 from container_manager.engine import Engine, engine_of
 from container_manager.errors import ContainerManagerError, translated
-from pyedge import OperationFailed, ServiceRuntime, Session
+from pyedge import OperationFailed, ServiceRuntime, Session, fields
 
 # The reference grammar of github.com/distribution/reference (IPv6 hosts left out).
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG = r"[\w][\w.-]{0,127}"
+# ASCII only, as the engine's Go \w is (Python's \w takes any letter).
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 REF_RE = re.compile(
     rf"^(?P<name>(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*)"
     rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
 )
 MAX_NAME_CHARS = 255
+# The same grammar as a JSON Schema pattern, the name's length bound included: what
+# follows a name of at most 255 characters is an optional tag and digest.
+REF_PATTERN = (
+    rf"^(?=.{{1,{MAX_NAME_CHARS}}}(?::{_TAG})?(?:@{_DIGEST})?$)"
+    rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
+)
 PLATFORM_RE = re.compile(r"^[a-z0-9]+(?:/[a-z0-9_]+(?:/[a-z0-9]+)?)?$")
 DEFAULT_TAG = "latest"
 
@@ -79,7 +86,7 @@ class Reference(NamedTuple):
 
 def parse_ref(ref: str) -> Reference:
     """Split `[host[:port]/]path[:tag][@digest]`; raises ValueError on a malformed ref."""
-    match = REF_RE.match(ref)
+    match = REF_RE.fullmatch(ref)
     if match is None:
         raise ValueError(
             f"{ref!r} is not an image reference: [host[:port]/]name[:tag][@algorithm:hex], "
@@ -107,12 +114,13 @@ class PullParams(ma.Schema):
         metadata={
             "description": "image reference: [host[:port]/]name[:tag][@sha256:...]; "
             "the tag defaults to latest; with a digest, the digest is pulled",
+            "pattern": REF_PATTERN,
             "example": "127.0.0.1:5000/pyedge/app:1.2",
         },
     )
     platform = ma.fields.String(
         load_default=None,
-        validate=ma.validate.Regexp(PLATFORM_RE, error="not a platform: os[/arch[/variant]]"),
+        validate=fields.FullMatch(PLATFORM_RE, error="not a platform: os[/arch[/variant]]"),
         metadata={"description": "os[/arch[/variant]], e.g. linux/arm64 (default: the engine's)"},
     )
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import marshmallow as ma
 
 from container_manager.specs import NAME_RE
+from pyedge import fields
 
 MAX_TAIL = 10_000
 # The engine reads 0 as "no limit": a time must be after the epoch to mean itself.
@@ -47,7 +48,7 @@ class KillArgs(ma.Schema):
 
     signal = ma.fields.String(
         load_default="SIGKILL",
-        validate=ma.validate.Regexp(r"^(SIG[A-Z0-9]+|\d{1,2})$", error="a signal name or number"),
+        validate=fields.FullMatch(r"^(SIG[A-Z0-9]+|[0-9]{1,2})$", error="a signal name or number"),
     )
 
 
@@ -215,6 +216,7 @@ def user_labels() -> ma.fields.Dict:
         values=ma.fields.String(),
         load_default=dict,
         validate=no_reserved_labels,
+        metadata={"x-propertyNames": {"not": {"pattern": "^pyedge\\."}}},
     )
 
 
@@ -222,9 +224,11 @@ class VolumeCreateSchema(ma.Schema):
     """POST /volumes."""
 
     name = ma.fields.String(
-        required=True, validate=ma.validate.Regexp(NAME_RE, error="not a volume name")
+        required=True, validate=fields.FullMatch(NAME_RE, error="not a volume name")
     )
-    driver = ma.fields.String(load_default="local")
+    # The engine's own driver only: it looks a plugin driver up for 15 s before it
+    # answers that there is none, and nothing here installs or configures plugins.
+    driver = ma.fields.String(load_default="local", validate=ma.validate.OneOf(["local"]))
     labels = user_labels()
 
 
@@ -244,10 +248,12 @@ class NetworkCreateSchema(ma.Schema):
     """POST /networks."""
 
     name = ma.fields.String(
-        required=True, validate=ma.validate.Regexp(NAME_RE, error="not a network name")
+        required=True, validate=fields.FullMatch(NAME_RE, error="not a network name")
     )
-    driver = ma.fields.String(load_default="bridge")
-    internal = ma.fields.Boolean(load_default=False)
+    # bridge only: macvlan and ipvlan need options (a parent interface) not taken here,
+    # overlay a swarm, and a plugin driver is looked up for 15 s before the refusal.
+    driver = ma.fields.String(load_default="bridge", validate=ma.validate.OneOf(["bridge"]))
+    internal = fields.Boolean(load_default=False)
     labels = user_labels()
 
 

@@ -16,13 +16,99 @@ from typing import Any
 
 import marshmallow as ma
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
-MEMORY_RE = re.compile(r"^\d+[bkmgBKMG]?$")
-PORT_RE = re.compile(
-    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d{1,5})?:)?"
-    r"(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
+from container_manager.pull import REF_PATTERN, parse_ref
+from pyedge import fields
+
+# The engine's own rule for container and volume names: at least two characters.
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
+# A volume a spec names: one character will do in an app, whose volumes are prefixed.
+SOURCE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+RESTART_RE = re.compile(r"^(no|always|unless-stopped|on-failure(:[0-9]{1,9})?)$")
+
+
+def at_least(number: int, max_digits: int) -> str:
+    """A regex of the decimal integers from `number` up to `max_digits` digits long."""
+    digits = str(number)
+    longer = f"[1-9][0-9]{{{len(digits)},{max_digits - 1}}}" if max_digits > len(digits) else ""
+    same = [
+        f"{digits[:i]}[{int(d) + 1}-9][0-9]{{{len(digits) - i - 1}}}"
+        for i, d in enumerate(digits)
+        if d != "9"
+    ]
+    return "|".join([*filter(None, [longer]), *same, digits])
+
+
+# A memory limit: 0 (none), or the engine's minimum of 6 MiB at least, below 2^63 bytes.
+MIN_MEMORY = 6 * 1024 * 1024
+MEMORY_RE = re.compile(
+    r"^0*(?:0[bkmgBKMG]?"
+    rf"|(?:{at_least(MIN_MEMORY, 18)})[bB]?"
+    rf"|(?:{at_least(MIN_MEMORY // 1024, 15)})[kK]"
+    rf"|(?:{at_least(MIN_MEMORY // 1024**2, 12)})[mM]"
+    r"|[1-9][0-9]{0,8}[gG])$"
 )
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+PORT_RE = re.compile(
+    rf"^(?:(?P<ip>{_OCTET}(?:\.{_OCTET}){{3}}):)?(?:(?P<host>{_PORT})?:)?"
+    rf"(?P<container>{_PORT})(?:/(?P<proto>tcp|udp|sctp))?$"
+)
+# A volume: a named volume or an absolute host path, an absolute target, ro or rw. Paths
+# are printable ASCII without spaces (the engine takes a source as it is: a trailing
+# space would name another path).
+_PATH = r"/[!-9;-~]*"
+VOLUME_RE = re.compile(rf"^(?:{_PATH}|{SOURCE_RE.pattern[1:-1]}):{_PATH}(?::(?:ro|rw))?$")
+DEVICE_RE = re.compile(r"^/[^:]*(?::[^:]*(?::[rwm]+)?)?$")
+# The capabilities every kernel the engine runs on knows (up to CAP_AUDIT_READ, 3.16),
+# as the engine takes them: upper case, with or without CAP_; or ALL.
+_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+]
+CAPABILITIES = ["ALL", *_CAPABILITIES, *(f"CAP_{name}" for name in _CAPABILITIES)]
+
+
+def json_pattern(regex: re.Pattern[str]) -> str:
+    """A Python regex as a JSON Schema pattern: its named groups unnamed."""
+    return re.sub(r"\(\?P<\w+>", "(", regex.pattern)
+
+
 MANAGED_LABEL = "pyedge.managed"
 
 
@@ -43,7 +129,7 @@ class ShortSyntax(ma.fields.String):
 
 def parse_port(raw: str) -> dict[str, Any]:
     """'[ip:][host:]container[/proto]', as compose writes ports."""
-    match = PORT_RE.match(raw.strip())
+    match = PORT_RE.fullmatch(raw)
     if not match:
         raise ma.ValidationError(f"{raw!r} is not [ip:][host_port:]container_port[/proto]")
     host = match["host"]
@@ -63,9 +149,11 @@ def parse_volume(raw: str) -> dict[str, Any]:
     parts = raw.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
         raise ma.ValidationError(f"{raw!r} is not source:target[:ro|rw]")
-    if any(char.isspace() or not char.isprintable() for char in raw):
-        # The engine takes a source as it is: a trailing space would name another path.
-        raise ma.ValidationError(f"{raw!r}: no spaces or control characters")
+    if not VOLUME_RE.fullmatch(raw):
+        raise ma.ValidationError(
+            f"{raw!r} is not volume_name:/target[:ro|rw] or /host/path:/target[:ro|rw] "
+            "(printable ASCII: no spaces or control characters)"
+        )
     source, target = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
@@ -75,7 +163,7 @@ def parse_volume(raw: str) -> dict[str, Any]:
     bind = source.startswith(("/", ".", "~"))
     if bind and not source.startswith("/"):
         raise ma.ValidationError(f"{raw!r}: a host path must be absolute")
-    if not bind and not NAME_RE.match(source):
+    if not bind and not SOURCE_RE.fullmatch(source):
         raise ma.ValidationError(f"{raw!r}: {source!r} is not a volume name")
     return {"source": source, "target": target, "mode": mode, "bind": bind}
 
@@ -93,8 +181,22 @@ def parse_device(raw: str) -> dict[str, Any]:
     return {"host": host, "container": container, "perms": perms}
 
 
+# A string shlex can split (quotes closed, no lone trailing backslash) with a word in it.
+SHELL_WORDS = r"""^(?=[\s\S]*\S)(?:[^'"\\]|\\[\s\S]|'[^']*'|"(?:[^"\\]|\\[\s\S])*")*$"""
+COMMAND_DOC = {
+    "oneOf": [
+        {"type": "string", "pattern": SHELL_WORDS, "description": "run by the shell form"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    ]
+}
+
+
 class CommandField(ma.fields.Field):
     """A command as a string (run by the shell form of the image) or a list of strings."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {**COMMAND_DOC, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and value.strip():
@@ -108,8 +210,27 @@ class CommandField(ma.fields.Field):
         raise ma.ValidationError("expected a non-empty string or list of strings")
 
 
+ENVIRONMENT_DOC = {
+    "oneOf": [
+        {
+            "type": "object",
+            "additionalProperties": {
+                "nullable": True,
+                "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}],
+            },
+            "x-propertyNames": {"pattern": "^[^=]+$"},
+        },
+        {"type": "array", "items": {"type": "string", "pattern": "^[^=]+="}},
+    ]
+}
+
+
 class EnvironmentField(ma.fields.Field):
     """Environment as a mapping or as a list of 'KEY=value', loaded into a mapping."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {**ENVIRONMENT_DOC, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, list):
@@ -146,18 +267,39 @@ def _strings(**kwargs: Any) -> ma.fields.List:
     return ma.fields.List(ma.fields.String(validate=ma.validate.Length(min=1)), **kwargs)
 
 
+def _image_reference(ref: str) -> None:
+    try:
+        parse_ref(ref)
+    except ValueError as exc:
+        raise ma.ValidationError(str(exc)) from exc
+
+
+def _capabilities() -> ma.fields.List:
+    return ma.fields.List(
+        ma.fields.String(validate=ma.validate.OneOf(CAPABILITIES)), load_default=list
+    )
+
+
 class ContainerSpecSchema(ma.Schema):
     """What a container runs and may reach, in compose's field names."""
 
-    image = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=255))
+    image = ma.fields.String(
+        required=True,
+        validate=_image_reference,
+        metadata={"pattern": REF_PATTERN, "description": "an image reference, e.g. app:1.2"},
+    )
     command = CommandField(load_default=None)
     entrypoint = CommandField(load_default=None)
     environment = EnvironmentField(load_default=dict)
-    ports = ma.fields.List(ShortSyntax(parse_port), load_default=list)
-    volumes = ma.fields.List(ShortSyntax(parse_volume), load_default=list)
+    ports = ma.fields.List(
+        ShortSyntax(parse_port, metadata={"pattern": json_pattern(PORT_RE)}), load_default=list
+    )
+    volumes = ma.fields.List(
+        ShortSyntax(parse_volume, metadata={"pattern": VOLUME_RE.pattern}), load_default=list
+    )
     restart = ma.fields.String(
         load_default="no",
-        validate=ma.validate.Regexp(
+        validate=fields.FullMatch(
             RESTART_RE, error="restart is no, always, unless-stopped or on-failure[:N]"
         ),
     )
@@ -166,19 +308,22 @@ class ContainerSpecSchema(ma.Schema):
     working_dir = ma.fields.String(load_default=None)
     hostname = ma.fields.String(load_default=None)
     healthcheck = ma.fields.Nested(HealthcheckSchema, load_default=None)
-    privileged = ma.fields.Boolean(load_default=False)
+    privileged = fields.Boolean(load_default=False)
     network_mode = ma.fields.String(load_default=None)
     pid = ma.fields.String(load_default=None)
     ipc = ma.fields.String(load_default=None)
     # The engine knows no other value for these two (docker-py refuses others itself).
     uts = ma.fields.String(load_default=None, validate=ma.validate.OneOf(["host"]))
     userns_mode = ma.fields.String(load_default=None, validate=ma.validate.OneOf(["host"]))
-    devices = ma.fields.List(ShortSyntax(parse_device), load_default=list)
-    cap_add = _strings(load_default=list)
-    cap_drop = _strings(load_default=list)
+    devices = ma.fields.List(
+        ShortSyntax(parse_device, metadata={"pattern": DEVICE_RE.pattern}), load_default=list
+    )
+    cap_add = _capabilities()
+    cap_drop = _capabilities()
     security_opt = _strings(load_default=list)
     mem_limit = ma.fields.String(
-        load_default=None, validate=ma.validate.Regexp(MEMORY_RE, error="e.g. 256m or 1g")
+        load_default=None,
+        validate=fields.FullMatch(MEMORY_RE, error="0 (no limit) or at least 6m, e.g. 256m or 1g"),
     )
     cpus = ma.fields.Float(load_default=None, validate=ma.validate.Range(min=0.01, max=1024))
     pids_limit = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=1))
@@ -188,9 +333,9 @@ class ContainerCreateSchema(ContainerSpecSchema):
     """POST /containers: a spec, a name, and whether to start it."""
 
     name = ma.fields.String(
-        load_default=None, validate=ma.validate.Regexp(NAME_RE, error="not a container name")
+        load_default=None, validate=fields.FullMatch(NAME_RE, error="not a container name")
     )
-    start = ma.fields.Boolean(load_default=True, metadata={"description": "start it at once"})
+    start = fields.Boolean(load_default=True, metadata={"description": "start it at once"})
 
 
 def spec_hash(raw_spec: Any) -> str:

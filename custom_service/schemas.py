@@ -18,8 +18,9 @@ class HeartbeatParams(ma.Schema):
 
     interval = ma.fields.Float(
         load_default=1.0,
-        validate=ma.validate.Range(min=0.1),
-        metadata={"description": "seconds between beats, at least 0.1"},
+        # Bounded: a wait of years overflows the platform's time_t and ends the Process.
+        validate=ma.validate.Range(min=0.1, max=86400),
+        metadata={"description": "seconds between beats, 0.1 to 86400 (a day)"},
     )
 
 

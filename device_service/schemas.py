@@ -4,6 +4,8 @@ from datetime import UTC
 
 import marshmallow as ma
 
+from pyedge import fields
+
 
 class ReadParams(ma.Schema):
     """Parameters of the read Task."""
@@ -103,7 +105,7 @@ class ActuatorStateSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    state = ma.fields.Boolean(required=True)
+    state = fields.Boolean(required=True)
 
 
 class ActuatorSchema(ma.Schema):

@@ -224,10 +224,13 @@ def add_generic_routes(service: EdgeService) -> None:
 def add_start_route(service: EdgeService, op: Operation) -> None:
     """Add POST /ops/<op>/start, typed by the operation's own parameter schema."""
     blp = service.blueprint
+    # Parameters that all have defaults may be left out, body and all: start with them.
+    params = op.params()
+    body_required = any(field.required for field in params.fields.values())
 
     class StartOperation(MethodView):
         @requires(op.role)
-        @blp.arguments(op.params)
+        @blp.arguments(params, required=body_required)
         @blp.response(202, SessionSchema)
         @blp.alt_response(409, description="Already running")
         @blp.alt_response(503, description="The service is shutting down")

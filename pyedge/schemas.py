@@ -8,6 +8,7 @@ import marshmallow as ma
 from apispec import APISpec
 from apispec.ext.marshmallow.openapi import OpenAPIConverter
 
+from pyedge import fields
 from pyedge.operations import OpKind, OpState
 
 MAX_WAIT_S = 60.0
@@ -158,6 +159,7 @@ class AdminSchema(ma.Schema):
 
 
 _converter = OpenAPIConverter("3.0.3", lambda _schema: None, APISpec("params", "1", "3.0.3"))
+fields.register(_converter)
 
 
 def json_schema(schema: type[ma.Schema]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import flask_smorest
 
+from pyedge.bodies import require_json_body
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 ROLE_ATTRIBUTE = "_pyedge_role"
@@ -106,6 +108,16 @@ def operation_security(role: Role) -> dict[str, Any]:
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
     """A flask-smorest Blueprint that documents each operation's role."""
+
+    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Any:
+        """flask-smorest's, with one schema instance: webargs makes a new one from a class
+        on every request (a marshmallow schema's set-up costs more than its load)."""
+        instance = schema() if isinstance(schema, type) else schema
+        decorate = super().arguments(instance, *args, **kwargs)
+        if kwargs.get("location", "json") != "json" or not kwargs.get("required", True):
+            return decorate
+        # The document says the body is required: so does the server (pyedge.bodies).
+        return lambda func: require_json_body(decorate(func))
 
     def _store_endpoint_docs(
         self, endpoint: str, obj: Any, parameters: Any, tags: Any, **options: Any

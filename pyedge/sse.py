@@ -23,6 +23,17 @@ SEND_TIMEOUT_S = 10
 SEND_BUFFER = 64 * 1024
 # Where the WSGI servers PyEdge runs under put the connection's socket.
 SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+# A JSON Schema for each event of a text/event-stream response (as SSE parsers give them).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data", "event"],
+    "properties": {
+        "data": {"type": "string", "description": "the event's data lines, joined"},
+        "event": {"type": "string", "description": "its type; message when not named"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def format_event(
@@ -61,5 +72,6 @@ def event_response(events: Iterable[str]) -> Response:
 
 def doc(description: str) -> dict[str, Any]:
     """The OpenAPI `responses` of an SSE endpoint (for `@blp.doc(**doc(...))`)."""
-    content = {MIMETYPE: {"schema": {"type": "string"}}}
+    # The schema of each event, as an SSE client parses it (schemathesis checks each one).
+    content = {MIMETYPE: {"schema": SSE_EVENT_SCHEMA}}
     return {"responses": {"200": {"description": description, "content": content}}}

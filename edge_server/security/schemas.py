@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import marshmallow as ma
 
+from pyedge import fields
+
 ROLES = ("viewer", "operator", "admin")
+# pyedge.accounts.check_name's rule, as a pattern.
+ACCOUNT_NAME_RE = r"^[A-Za-z0-9._@-]{1,64}$"
+NAME_RULE = "names are 1-64 letters, digits, '.', '_', '-', '@'"
 
 
 class LoginSchema(ma.Schema):
@@ -44,7 +49,9 @@ class UserSchema(ma.Schema):
 class UserCreateSchema(ma.Schema):
     """A new user."""
 
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
+    name = ma.fields.String(
+        required=True, validate=fields.FullMatch(ACCOUNT_NAME_RE, error=NAME_RULE)
+    )
     password = ma.fields.String(
         required=True, load_only=True, validate=ma.validate.Length(min=8, max=1024)
     )
@@ -64,7 +71,9 @@ class TokenSchema(ma.Schema):
 class TokenCreateSchema(ma.Schema):
     """A new API token."""
 
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
+    name = ma.fields.String(
+        required=True, validate=fields.FullMatch(ACCOUNT_NAME_RE, error=NAME_RULE)
+    )
     role = ma.fields.String(required=True, validate=ma.validate.OneOf(ROLES))
     expires_days = ma.fields.Float(
         load_default=None, allow_none=True, validate=ma.validate.Range(min=0.001, max=36500)

@@ -8,6 +8,7 @@ from typing import Any
 import docker
 from flask.testing import FlaskClient
 
+from container_manager.schemas import ContainerSchema, PortSchema
 from tests.containers.conftest import API, run_spec, wait_for
 from tests.docker_engine import TEST_IMAGE
 
@@ -62,6 +63,19 @@ def test_container_lifecycle(cm_client: FlaskClient, docker_client: docker.Docke
     assert cm_client.delete(f"{API}/containers/life").status_code == 204
     assert cm_client.get(f"{API}/containers/life").status_code == 404
     assert not docker_client.containers.list(all=True)
+
+
+def test_the_listing_is_exactly_what_its_schema_documents(cm_client: FlaskClient) -> None:
+    # The listing is sent as summary() builds it, not dumped: nothing more, nothing less.
+    create(cm_client, name="shaped", command=SLEEPER, ports=["127.0.0.1::8080"], labels={"a": "b"})
+    listed = cm_client.get(f"{API}/containers?all=true").json
+    assert listed and listed[0]["ports"], listed
+    assert ContainerSchema(many=True).dump(listed) == listed
+    fields = set(ContainerSchema().fields)
+    port_fields = set(PortSchema().fields)
+    for item in listed:
+        assert set(item) == fields
+        assert all(set(port) <= port_fields for port in item["ports"])
 
 
 def test_listing_filters_by_label(cm_client: FlaskClient) -> None:
