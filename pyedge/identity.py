@@ -22,15 +22,16 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import TYPE_CHECKING, Any
 
 from pyedge.accounts import AccountError, Identity, check_name
 from pyedge.errors import PyEdgeError
 from pyedge.security import Role
+
+# cryptography (~7 MB once loaded) is imported only when a hub's key is in use: a solo
+# edge-server, which trusts no hub, never loads it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ HUB_PUBLIC_KEY = "hub.pub"
 # The process-wide document (its OpenAPI), not under any one service's /api/<slug>: a
 # caller for it must still name one of the services served here.
 DOCUMENT_PATH = "/api/openapi.json"
+# The process's Prometheus metrics, which the edge-server scrapes the same way.
+METRICS_PATH = "/metrics"
 # Nonces remembered at once at most (each until its claim expires, MAX_AHEAD_S at most):
 # 1000 forwarded requests a second, more than a served process answers.
 REPLAY_CACHE = 60_000
@@ -124,6 +127,9 @@ def hub_public_key_path(data_dir: Path, configured: Path | None = None) -> Path:
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:
     """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ValueError otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     key = load_pem_public_key(pem)
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
@@ -134,10 +140,10 @@ def audiences(path: str, node: str, slugs: Collection[str]) -> frozenset[str]:
     """The audiences (`<node>/<slug>`) a forwarded caller of `path` may be signed for here.
 
     A path under `/api/<slug>` of a service served here belongs to that service; the
-    process's own document to any of them; any other path (the process's accounts, its
-    health) to none: no forwarded caller reaches it.
+    process's own document and metrics to any of them; any other path (the process's
+    accounts, its health) to none: no forwarded caller reaches it.
     """
-    if path == DOCUMENT_PATH:
+    if path in (DOCUMENT_PATH, METRICS_PATH):
         return frozenset(f"{node}/{slug}" for slug in slugs)
     parts = path.split("/", 3)
     if len(parts) >= 3 and parts[0] == "" and parts[1] == "api" and parts[2] in slugs:
@@ -166,6 +172,9 @@ def check_caller(
         raise CallerRefused(f"no {CALLER_HEADER}")
     if not signature:
         raise CallerRefused(f"{CALLER_HEADER} without {SIGNATURE_HEADER}")
+    # Loaded already with the key (load_public_key): a lookup in sys.modules.
+    from cryptography.exceptions import InvalidSignature
+
     try:
         public_key.verify(b64url_decode(signature), value.encode("ascii"))
     except (InvalidSignature, UnicodeEncodeError) as exc:

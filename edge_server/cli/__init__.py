@@ -28,11 +28,11 @@ from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
 from edge_server.serving import runner
 from edge_server.serving import serve as serve_module
+from edge_server.serving.arbiter import LOG_FORMAT
 from pyedge import ConfigError, PyEdgeError, __version__
 from pyedge.config import LoadedConfig
 
 EXIT_CONFIG = 2
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 COMMANDS_GROUP = "pyedge.commands"
 DEFAULT_URL = "http://127.0.0.1:8000"
 PROMPT = "pyedge> "

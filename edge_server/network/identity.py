@@ -16,9 +16,7 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from edge_server.files import write_atomic
 from edge_server.network.join import JOIN_FILE
@@ -33,6 +31,10 @@ from pyedge.identity import (
     hub_public_key_path,
 )
 
+# cryptography is loaded on first use of the key: a solo edge-server has none.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 logger = logging.getLogger(__name__)
 
 HUB_KEY = "hub.key"
@@ -41,6 +43,8 @@ JTI_BYTES = 16
 
 
 def _public_pem(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -70,6 +74,9 @@ def hub_key(data_dir: Path, public: Path | None = None) -> Ed25519PrivateKey:
 
     `public` is EDGE_HUB_PUBLIC_KEY, where hub.pub goes when it is not in the data dir.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     directory = Path(data_dir) / NETWORK_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / HUB_KEY

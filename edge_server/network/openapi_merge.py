@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -39,6 +38,9 @@ from edge_server.network.remote_http import FetchError, fetch_json
 from pyedge.accounts import Identity
 from pyedge.host import EXTENSION as HOST_EXTENSION
 from pyedge.security import Role
+
+if TYPE_CHECKING:  # cryptography is loaded with the hub's key, not before
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ PREFIXED_KINDS = (
 # Who asks a service for its document (it needs `viewer`), whoever views the merged one.
 FETCHER = Identity(name="edge-server", role=Role.VIEWER, kind="token")
 
-KeySource = Callable[[], Ed25519PrivateKey | None]
+KeySource = Callable[[], "Ed25519PrivateKey | None"]
 
 
 class RemoteDocs:

@@ -4,6 +4,9 @@ Background Processes must run once per node. They live in the process that creat
 app, so `pyedge run` serves with exactly one gunicorn worker (gthread: concurrency comes
 from its threads), and a lock file in the data dir stops a second `pyedge run` on the
 same data, or machine-wide for the same node id, from starting its own copies.
+
+Once the settings, the locks, TLS and the broker are in place, the process execs the lean
+gunicorn arbiter (edge_server.serving.arbiter), which keeps them and its pid.
 """
 
 from __future__ import annotations
@@ -11,20 +14,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+from gunicorn.config import Config
 
-from edge_server.app import PROCESS_SLUG, create_app
-from edge_server.broker.embedded import embedded_broker, solo_login
+from edge_server.app import PROCESS_SLUG
+from edge_server.broker.embedded import Mosquitto, embedded_broker, solo_login
 from edge_server.registry import installed_services
 from edge_server.security.tls import TlsFiles, server_tls
+from edge_server.serving.arbiter import LOG_FORMAT, Plan, exec_arbiter
 from pyedge import PyEdgeError
 from pyedge.bus_config import bus_settings
 from pyedge.config import LoadedConfig
@@ -70,71 +71,25 @@ def lock_node(settings: LoadedConfig) -> list[IO[str]]:
     ]
 
 
-def close_services(app: Flask) -> None:
-    """Stop the app's operations and say offline on the bus (idempotent)."""
-    host = app.extensions.get("pyedge")
-    if host is not None:
-        host.close()
-
-
-class EdgeServerApplication(BaseApplication):  # type: ignore[misc]
-    """gunicorn serving create_app(overrides) with one gthread worker."""
-
-    def __init__(
-        self, settings: LoadedConfig, overrides: Mapping[str, Any], tls: TlsFiles | None = None
-    ) -> None:
-        self.settings = settings
-        self.overrides = dict(overrides)
-        self.tls = tls
-        super().__init__()
-
-    def load_config(self) -> None:
-        """Fixed gunicorn settings: the one-worker rule is not configurable on purpose."""
-        s = self.settings
-        options = {
-            "bind": f"{s['EDGE_HTTP_HOST']}:{s['EDGE_HTTP_PORT']}",
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": s["EDGE_HTTP_THREADS"] + s["EDGE_SSE_CLIENTS"],
-            "timeout": 120,
-            "graceful_timeout": GRACEFUL_TIMEOUT_S,
-            "loglevel": s["EDGE_LOG_LEVEL"].lower(),
-            "post_worker_init": _post_worker_init,
-            "worker_exit": _worker_exit,
-            # gunicorn's control socket would live in ~/.gunicorn, shared by every node.
-            "control_socket_disable": True,
-        }
-        if "control_socket_disable" not in self.cfg.settings:  # gunicorn < 24 has none
-            del options["control_socket_disable"]
-        if self.tls is not None:
-            options.update(
-                certfile=str(self.tls.cert.resolve()), keyfile=str(self.tls.key.resolve())
-            )
-        for key, value in options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        """Create the app inside the worker, where its threads will live."""
-        return create_app(self.overrides)
-
-
-def _post_worker_init(worker: Any) -> None:
-    # On SIGTERM, end the sessions right away so that long-polling `wait` requests return
-    # and gunicorn's graceful shutdown does not sit out its timeout.
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        threading.Thread(target=close_services, args=(worker.wsgi,), daemon=True).start()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-
-
-def _worker_exit(server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    if isinstance(app, Flask):
-        close_services(app)
+def gunicorn_options(settings: LoadedConfig, tls: TlsFiles | None) -> dict[str, Any]:
+    """Fixed gunicorn settings: the one-worker rule is not configurable on purpose."""
+    s = settings
+    options: dict[str, Any] = {
+        "bind": f"{s['EDGE_HTTP_HOST']}:{s['EDGE_HTTP_PORT']}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": s["EDGE_HTTP_THREADS"] + s["EDGE_SSE_CLIENTS"],
+        "timeout": 120,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
+        "loglevel": s["EDGE_LOG_LEVEL"].lower(),
+        # gunicorn's control socket would live in ~/.gunicorn, shared by every node.
+        "control_socket_disable": True,
+    }
+    if "control_socket_disable" not in Config().settings:  # gunicorn < 24 has none
+        del options["control_socket_disable"]
+    if tls is not None:
+        options.update(certfile=str(tls.cert.resolve()), keyfile=str(tls.key.resolve()))
+    return options
 
 
 def https_files(settings: LoadedConfig) -> TlsFiles | None:
@@ -149,23 +104,42 @@ def https_files(settings: LoadedConfig) -> TlsFiles | None:
     return tls
 
 
-def serve_app(settings: LoadedConfig, overrides: Mapping[str, Any], tls: TlsFiles | None) -> None:
-    """Serve create_app(overrides) with one gunicorn gthread worker until it stops."""
+def serve_app(
+    settings: LoadedConfig,
+    overrides: Mapping[str, Any],
+    tls: TlsFiles | None,
+    held: Sequence[IO[str]] = (),
+    broker: Mosquitto | None = None,
+    stopped: str = "pyedge stopped",
+) -> NoReturn:
+    """Become the gunicorn arbiter serving create_app(overrides) with one gthread worker.
+
+    The process execs the lean arbiter (edge_server.serving.arbiter), keeping its pid, the
+    `held` lock files and the broker child; OSError if the exec failed.
+    """
     logger.info(
         "serving %s://%s:%d/ (API docs at /api/docs)",
         "https" if tls else "http",
         settings["EDGE_HTTP_HOST"],
         settings["EDGE_HTTP_PORT"],
     )
-    EdgeServerApplication(settings, overrides, tls).run()
+    for handle in held:
+        os.set_inheritable(handle.fileno(), True)
+    exec_arbiter(
+        Plan(
+            options=gunicorn_options(settings, tls),
+            overrides=dict(overrides),
+            log_level=settings["EDGE_LOG_LEVEL"],
+            log_format=LOG_FORMAT,
+            broker_pid=broker.process.pid if broker and broker.process else None,
+            stopped=stopped,
+        )
+    )
 
 
 def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
-    """Run solo mode until SIGTERM or Ctrl-C; raises PyEdgeError if it cannot start."""
+    """Become solo mode's arbiter (until SIGTERM or Ctrl-C); PyEdgeError if it cannot start."""
     locks = lock_node(settings)
-    # gunicorn forks its worker inside run() below; the worker leaves through this same
-    # `finally` when it exits, and must not stop the broker the master still serves.
-    owner = os.getpid()
     broker = None
     try:
         tls = https_files(settings)
@@ -177,11 +151,10 @@ def run(settings: LoadedConfig, overrides: Mapping[str, Any]) -> None:
         else:
             # A missing account file or CA stops start-up here rather than in the worker.
             bus_settings(settings, PROCESS_SLUG)
-        serve_app(settings, overrides, tls)
+        serve_app(settings, overrides, tls, locks, broker)
     finally:
-        if os.getpid() == owner:
-            if broker is not None:
-                broker.stop()
-            for lock in locks:
-                lock.close()
-            logger.info("pyedge stopped")
+        # Reached only when start-up failed: the exec'd arbiter owns the broker and locks.
+        if broker is not None:
+            broker.stop()
+        for lock in locks:
+            lock.close()

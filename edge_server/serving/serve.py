@@ -9,7 +9,6 @@ announcement tells the network where its API is.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,12 +99,10 @@ def serve(settings: LoadedConfig, overrides: Mapping[str, Any], slug: str) -> No
     bus_settings(checked, slug)
     # The joined node id (join.json) when there is one: the lock is that node's.
     locks = lock_service(checked, slug)
-    owner = os.getpid()
     try:
-        serve_app(settings, overrides, https_files(settings))
+        tls = https_files(settings)
+        serve_app(settings, overrides, tls, locks, stopped=f"pyedge serve {slug} stopped")
     finally:
-        # gunicorn's worker leaves through here too; only the master owns the locks.
-        if os.getpid() == owner:
-            for lock in locks:
-                lock.close()
-            logger.info("pyedge serve %s stopped", slug)
+        # Reached only when start-up failed: the exec'd arbiter holds the locks.
+        for lock in locks:
+            lock.close()
