@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -9,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from device_service import metrics
 from device_service.discovery import OFF, ON, Discovery
 from device_service.drivers.base import Actuator, DriverCatalog, DriverError, Reading
 from device_service.forwarder import Forwarder
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 ONLINE = "online"
 OFFLINE = "offline"
 ANNOUNCED = "discovery.announced"
+# The kind a refused actuator command is counted as (pyedge_mqtt_rejected_total).
+ACTUATOR_SET = "actuator_set"
 
 
 class ActuatorError(Exception):
@@ -54,6 +58,7 @@ class Device:
         self.errors: dict[str, str] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self.store_error: str | None = None
+        self.refused_ticks = 0  # sampling ticks the outbox refused since the last success
         # One reader per sensor at a time: the sampling loop and the `read` Task share them.
         self._locks = {name: threading.Lock() for name in self.sensors}
         self._availability_lock = threading.Lock()
@@ -73,6 +78,7 @@ class Device:
             set(self.outbox.get_state(ANNOUNCED, [])),
         )
         runtime.bus.on_connect(self._on_connect)
+        self._collector = runtime.metrics.register(functools.partial(metrics.families, self))
 
     def topic(self, sensor: str, *parts: str) -> str:
         """pyedge/<node>/device-service/sensors/<sensor>[/<parts>]."""
@@ -119,10 +125,21 @@ class Device:
 
     def _on_set(self, message: Any) -> None:
         name = message.topic.split("/")[-2]
+        reject = self.runtime.metrics.reject
+        if name not in self.actuators:
+            reject(
+                ACTUATOR_SET, message.topic, message.payload, f"no actuator {name!r}", log=logger
+            )
+            return
         try:
-            self.switch(name, parse_switch(message.payload))
-        except (ActuatorError, ValueError) as exc:
-            logger.warning("ignored command on %s: %s", message.topic, exc)
+            state = parse_switch(message.payload)
+        except ValueError as exc:
+            reject(ACTUATOR_SET, message.topic, message.payload, exc, log=logger)
+            return
+        try:
+            self.switch(name, state)
+        except ActuatorError as exc:  # the hardware's failure, not the command's
+            logger.warning("command on %s failed: %s", message.topic, exc)
 
     def _on_connect(self) -> None:
         self._publish_availability()
@@ -130,6 +147,7 @@ class Device:
 
     def close(self) -> None:
         """Stop forwarding, release the drivers and close the outbox."""
+        self.runtime.metrics.unregister(self._collector)
         self.forwarder.stop()
         self.outbox.set_state(ANNOUNCED, self.discovery.remembered())
         for sensor in self.sensors.values():
@@ -169,10 +187,12 @@ class Device:
         try:
             seqs = self.outbox.append(batch)
         except OutboxError as exc:
-            self.store_error = str(exc)
-            logger.error("%s", exc)
+            self._store_failed(exc)
             return 0
-        self.store_error = None
+        if self.store_error is not None:
+            logger.warning("outbox stores readings again (%d ticks refused)", self.refused_ticks)
+            self.store_error = None
+            self.refused_ticks = 0
         for reading, seq in zip(batch, seqs, strict=True):
             self.last[reading.sensor] = {**reading.body, "seq": seq}
         self.forwarder.wake()
@@ -184,8 +204,15 @@ class Device:
             self.outbox.purge_history(time.time() - history_retention)
             self.outbox.expire()
         except OutboxError as exc:  # a full disk must not stop the sampling
-            self.store_error = str(exc)
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: OutboxError) -> None:
+        # Logged when it starts or changes, not per tick: a full disk would otherwise
+        # write 25 lines a second to a log that is often on that same disk.
+        if str(exc) != self.store_error:
             logger.error("%s", exc)
+        self.store_error = str(exc)
+        self.refused_ticks += 1
 
     def health(self) -> str:
         """A one-line account; raises when readings are being lost or sensors are down."""
@@ -245,7 +272,7 @@ def parse_switch(payload: bytes) -> bool:
     problem = f'expected ON, OFF or {{"state": true|false}}, got {text[:40]!r}'
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
         raise ValueError(problem) from None
     if isinstance(value, dict) and isinstance(value.get("state"), bool | str):
         return parse_switch(str(value["state"]).encode())

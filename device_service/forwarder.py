@@ -12,7 +12,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_service.outbox import Outbox
+from device_service.outbox import Outbox, OutboxError
 from pyedge import Bus
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Forwarder:
         self.refusal: str | None = None
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+        self._failing: str | None = None  # the error last logged, until a pass succeeds
         bus.on_ack(self._on_ack)
         bus.on_connect(self._on_connect)
 
@@ -119,17 +120,27 @@ class Forwarder:
             try:
                 self._collect_acks()
                 self._publish_window()
+                if self._failing:
+                    logger.warning("forwarder: working again")
+                    self._failing = None
                 self.error = self.refusal
             except Exception as exc:
                 # This thread must outlive any error: if it died, delivery would stop
                 # silently. The error degrades the service until a pass succeeds.
                 self.error = f"{type(exc).__name__}: {exc}"
-                logger.exception("forwarder")
+                # Once per error, not per pass: a full disk fails every pass.
+                if self.error != self._failing:
+                    logger.exception("forwarder")
+                self._failing = self.error
             self._wake.wait(IDLE_WAIT_S)
             self._wake.clear()
-        self._collect_acks()
-        if self._acked:
-            self._flush_acks()
+        try:
+            self._collect_acks()
+            if self._acked:
+                self._flush_acks()
+        except OutboxError as exc:
+            # The rows stay: the next start sends them again (QoS 1 duplicates, no loss).
+            logger.error("forwarder: acknowledgements not saved at stop: %s", exc)
 
     def _collect_acks(self) -> None:
         now = time.monotonic()

@@ -125,16 +125,19 @@ def test_broker_away_for_seconds_loses_nothing(
         subscriber.close()
 
 
-def start_service(tmp_path: Path, node_id: str, broker: Broker) -> subprocess.Popen[bytes]:
-    """The device-service in a process of its own, as `pyedge run` serves it."""
+def service_env(
+    tmp_path: Path, node_id: str, login: dict[str, str], port: int, host: str = "127.0.0.1"
+) -> dict[str, str]:
+    """The environment of a device-service process of its own on the broker at host:port."""
     # Its broker account in a file, as a service started on its own is given it.
     credentials = tmp_path / "mqtt-credentials.json"
-    credentials.write_text(json.dumps(broker.login()))
+    credentials.write_text(json.dumps(login))
     credentials.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update(
         EDGE_NODE_ID=node_id,
-        EDGE_MQTT_PORT=str(broker.port),
+        EDGE_MQTT_HOST=host,
+        EDGE_MQTT_PORT=str(port),
         EDGE_MQTT_CREDENTIALS=str(credentials),
         EDGE_SERVICES="device-service",
         EDGE_DATA_DIR=str(tmp_path / "data"),
@@ -142,6 +145,12 @@ def start_service(tmp_path: Path, node_id: str, broker: Broker) -> subprocess.Po
         EDGE_HTTP_PORT=str(free_port()),
         EDGE_DEVICE_SERVICE_SENSORS=str(write_sensors(tmp_path / "s.toml", INTERVAL)),
     )
+    return env
+
+
+def start_service(tmp_path: Path, node_id: str, broker: Broker) -> subprocess.Popen[bytes]:
+    """The device-service in a process of its own, as `pyedge run` serves it."""
+    env = service_env(tmp_path, node_id, broker.login(), broker.port, broker.host)
     # Its output goes to a log file that a failing test shows.
     with (tmp_path / "service.log").open("ab") as log:
         return subprocess.Popen(
