@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,15 @@ from pyedge.errors import PyEdgeError
 from pyedge.security import Role
 from pyedge.sqlite import transaction
 
+logger = logging.getLogger(__name__)
+
 TOKEN_PREFIX = "pye_"
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 MIN_PASSWORD = 8
 SETUP_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a log
+IDENTITY_CACHE_SIZE = 1024
+# The kept reader's page cache: it reads a row or two per lookup.
+READER_CACHE_KIB = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -93,6 +100,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _epoch(stamp: str) -> float:
+    """A time as the store writes it, in seconds since the epoch."""
+    return datetime.fromisoformat(stamp).timestamp()
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -119,6 +131,49 @@ def duplicate(exc: sqlite3.IntegrityError) -> str:
     return f"already exists ({exc})"
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A caller read from the file: whether it is still valid, and when it was last noted."""
+
+    identity: Identity
+    generation: int
+    expires_at: float | None = None  # time.time(); tokens only
+    used_minute: int | None = None  # time.time() // 60 of the last-use stamp; tokens only
+
+
+class IdentityCache:
+    """Callers looked up before, until the file changes: each request looks up its caller,
+    and the read costs more than the rest of a light request.
+
+    A change through any connection (this process's or another's, such as the CLI's)
+    voids them: the store asks SQLite before each lookup (AccountStore._sync).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], _Known] = {}
+        self.generation = 0
+
+    def invalidate(self) -> None:
+        """Forget every caller (users or tokens changed)."""
+        self.generation += 1
+        self._known = {}
+
+    def get(self, key: tuple[str, str]) -> _Known | None:
+        """The caller under `key` if nothing changed since it was read."""
+        known = self._known.get(key)
+        if known is None or known.generation != self.generation:
+            return None
+        return known
+
+    def put(self, key: tuple[str, str], known: _Known) -> None:
+        """Remember a caller (the cache is bounded: a flood of callers empties it)."""
+        if known.generation != self.generation:
+            return  # read before a change
+        if len(self._known) >= IDENTITY_CACHE_SIZE:
+            self._known = {}
+        self._known[key] = known
+
+
 class AccountStore:
     """The node's accounts in `<data_dir>/accounts.db`."""
 
@@ -127,7 +182,10 @@ class AccountStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._hasher = PasswordHasher()
         self._dummy = ""
-        self._local = threading.local()
+        self._reading = threading.Lock()
+        self._reader_db: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._cache = IdentityCache()
         # Owner-only from the start (SQLite gives its -wal and -shm files the same mode).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         if path.stat().st_mode & 0o077:
@@ -136,29 +194,54 @@ class AccountStore:
             db.executescript(SCHEMA)  # a script commits by itself
 
     def _reader(self) -> sqlite3.Connection:
-        """This thread's read-only connection, kept: every request looks up its caller,
-        and opening a connection per lookup cost more than the rest of the request."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-                db.execute("PRAGMA query_only=ON")
-            except sqlite3.Error as exc:
-                raise AccountError(f"accounts {self.path}: {exc}") from exc
-            self._local.db = db
-        return db
+        """The process's read-only connection, kept (hold `_reading`): every request looks up
+        its caller, and opening a connection per lookup cost more than the rest of the
+        request. One for all threads: a lookup is a few microseconds, and a connection per
+        request thread held ~150 KiB each."""
+        if self._reader_db is None:
+            db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=10, check_same_thread=False
+            )
+            db.execute("PRAGMA query_only=ON")
+            db.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+            self._reader_db = db
+        return self._reader_db
+
+    def _sync(self) -> None:
+        """Forget the known callers if the file changed since the last lookup.
+
+        SQLite's data_version differs between two asks on one connection when any other
+        connection committed in between (this process's writes go through others).
+        """
+        try:
+            with self._reading:
+                version = self._reader().execute("PRAGMA data_version").fetchone()[0]
+                if version != self._version:
+                    self._version = version
+                    self._cache.invalidate()
+        except sqlite3.Error as exc:
+            raise AccountError(f"accounts {self.path}: {exc}") from exc
 
     def _read(self, query: str, args: tuple[Any, ...]) -> Any:
-        """One row of a read on this thread's connection (autocommit: always current)."""
+        """One row of a read on the kept connection (autocommit: always current)."""
         try:
-            return self._reader().execute(query, args).fetchone()
+            with self._reading:
+                return self._reader().execute(query, args).fetchone()
         except sqlite3.Error as exc:
             raise AccountError(f"accounts {self.path}: {exc}") from exc
 
     @contextmanager
-    def _session(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+    def _session(
+        self, write: bool = False, accounts_change: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """A connection of its own per call: the CLI and the server share the file, and
-        a request never waits for another's; any SQLite error becomes an AccountError."""
+        a request never waits for another's; any SQLite error becomes an AccountError.
+
+        A write that may change users or tokens (`accounts_change`) voids the callers
+        known so far, before and after it: a lookup racing it cannot keep the old answer.
+        """
+        if write and accounts_change:
+            self._cache.invalidate()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         except sqlite3.Error as exc:
@@ -176,9 +259,15 @@ class AccountStore:
             raise AccountError(f"accounts {self.path}: {exc}") from exc
         finally:
             db.close()
+            if write and accounts_change:
+                self._cache.invalidate()
 
     def close(self) -> None:
-        """Nothing to close: every call opens and closes its own connection."""
+        """Close the kept reader (every other call opens and closes its own connection)."""
+        with self._reading:
+            if self._reader_db is not None:
+                self._reader_db.close()
+                self._reader_db = None
 
     # --- users ----------------------------------------------------------------------------
 
@@ -213,8 +302,18 @@ class AccountStore:
 
     def user(self, name: str) -> Identity | None:
         """A user's identity (its current role), or None."""
+        key = ("user", name)
+        self._sync()
+        known = self._cache.get(key)
+        if known is not None:
+            return known.identity
+        generation = self._cache.generation
         row = self._read("SELECT role FROM users WHERE name = ?", (name,))
-        return Identity(name, Role.parse(row[0]), "user") if row else None
+        if row is None:
+            return None
+        identity = Identity(name, Role.parse(row[0]), "user")
+        self._cache.put(key, _Known(identity, generation))
+        return identity
 
     def delete_user(self, name: str) -> None:
         """Delete a user; NoSuchAccount if there is none, AccountError for the last admin."""
@@ -285,19 +384,48 @@ class AccountStore:
         """The token's identity if it exists and has not expired; notes its last use."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        stamp = now()
+        key = ("token", _digest(token))
+        self._sync()
+        known = self._cache.get(key) or self._read_token(key)
+        if known is None:
+            return None
+        stamp = time.time()
+        if known.expires_at is not None and known.expires_at <= stamp:
+            return None
+        # Written at most once a minute: a write per request would cost a commit each.
+        minute = int(stamp // 60)
+        if known.used_minute != minute:
+            try:
+                with self._session(write=True, accounts_change=False) as db:
+                    db.execute(
+                        "UPDATE tokens SET last_used_at = ? WHERE name = ?",
+                        (now(), known.identity.name),
+                    )
+            except AccountError as exc:
+                # A note, not the answer: a full disk must not lock every client out (the
+                # fault suite). Tried again next minute, so logged once a minute at most.
+                logger.warning("token %s: last use not noted: %s", known.identity.name, exc)
+            self._cache.put(key, replace(known, used_minute=minute))
+        return known.identity
+
+    def _read_token(self, key: tuple[str, str]) -> _Known | None:
+        """The token under `key` as the file has it (remembered), or None."""
+        generation = self._cache.generation
         row = self._read(
             "SELECT name, role, expires_at, last_used_at FROM tokens WHERE token_hash = ?",
-            (_digest(token),),
+            (key[1],),
         )
-        if row is None or (row[2] is not None and row[2] <= stamp):
+        if row is None:
             return None
-        name, role, _expires, last_used = row
-        # Written at most once a minute: a write per request would cost a commit each.
-        if last_used is None or last_used[:16] != stamp[:16]:
-            with self._session(write=True) as db:
-                db.execute("UPDATE tokens SET last_used_at = ? WHERE name = ?", (stamp, name))
-        return Identity(name, Role.parse(role), "token")
+        name, role, expires, last_used = row
+        known = _Known(
+            Identity(name, Role.parse(role), "token"),
+            generation,
+            expires_at=_epoch(expires) if expires else None,
+            used_minute=int(_epoch(last_used) // 60) if last_used else None,
+        )
+        self._cache.put(key, known)
+        return known
 
     # --- first run ------------------------------------------------------------------------
 
@@ -346,7 +474,7 @@ class AccountStore:
         detail: str = "",
     ) -> None:
         """Record a change: who, what, on what, with which outcome, from where."""
-        with self._session(write=True) as db:
+        with self._session(write=True, accounts_change=False) as db:
             db.execute(
                 "INSERT INTO audit (ts, actor, action, target, status, remote, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -43,6 +43,7 @@ from pyedge.identity import (
     check_caller,
 )
 from pyedge.security import READ_METHODS, Role, view_role
+from pyedge.sessions import CookieSessionInterface
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,17 @@ class RefusalLog:
             logger.warning(message, *args)
 
 
+# Where WSGI puts the hub's caller header.
+CALLER_ENVIRON = "HTTP_" + CALLER_HEADER.upper().replace("-", "_")
+# What every answer carries unless its view set its own (the pages set a stricter policy).
+FRAME_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "frame-ancestors 'none'"),
+)
+# Under TLS: HSTS too.
+SECURE_HEADERS = (*FRAME_HEADERS, ("Strict-Transport-Security", "max-age=31536000"))
+
+
 class Auth:
     """Authentication, roles, CSRF and the audit log for one app."""
 
@@ -170,6 +182,8 @@ class Auth:
         self.limiter = LoginLimiter()
         self.hub_key: HubKey | None = None
         self.refusals = RefusalLog()
+        # The role each (endpoint, method) needs: views are fixed once the app serves.
+        self._roles: dict[tuple[str, str], Role] = {}
 
     def init_app(self, app: Flask, setup_code: bool = True) -> None:
         """Open the accounts in the data dir and guard every request of `app`."""
@@ -177,6 +191,7 @@ class Auth:
         self.store = AccountStore(data_dir / "accounts.db")
         self.hub_key = HubKey(data_dir, app.config.get("EDGE_HUB_PUBLIC_KEY"))
         app.secret_key = _secret_key(data_dir / "secret_key")
+        app.session_interface = CookieSessionInterface()
         app.config["SESSION_COOKIE_HTTPONLY"] = True
         # Lax: the cookie goes with links into the dashboard, not with other sites' posts.
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -214,11 +229,13 @@ class Auth:
         such a request ends as one without any).
         """
         store = self.accounts
-        if CALLER_HEADER in request.headers:
+        # Straight from the WSGI environ: the headers' mapping costs more (a miss raises).
+        environ = request.environ
+        if CALLER_ENVIRON in environ:
             forwarded = self.forwarded_caller()
             if forwarded is not None:
                 return forwarded
-        header = request.headers.get("Authorization", "")
+        header = environ.get("HTTP_AUTHORIZATION", "")
         if header:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -354,7 +371,7 @@ class Auth:
         endpoint = request.endpoint
         if endpoint is None:
             return None  # no such route: Flask answers 404/405 itself
-        role = view_role(current_app.view_functions[endpoint], request.method)
+        role = self.role_for(endpoint, request.method)
         identity = self.identify()
         g.identity = identity
         if role is Role.PUBLIC:
@@ -378,15 +395,26 @@ class Auth:
             self.check_csrf()
         return None
 
+    def role_for(self, endpoint: str, method: str) -> Role:
+        """The role the view at `endpoint` needs for `method` (looked up once)."""
+        key = (endpoint, method)
+        role = self._roles.get(key)
+        if role is None:
+            role = self._roles[key] = view_role(current_app.view_functions[endpoint], method)
+        return role
+
     def _after(self, response: Response) -> Response:
         """Audit every change; forbid framing (clickjacking); HSTS under TLS."""
         # No page of the node may be framed by another site's page ("Execute", "Log out").
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-        if current_app.config.get("SESSION_COOKIE_SECURE"):
-            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        # One pass over the headers (setdefault scans them twice per header it adds).
+        headers = response.headers
+        present = {name.lower() for name, _value in headers}
+        secure = current_app.config.get("SESSION_COOKIE_SECURE")
+        for name, value in SECURE_HEADERS if secure else FRAME_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
         if request.method not in READ_METHODS and request.endpoint is not None:
-            role = view_role(current_app.view_functions[request.endpoint], request.method)
+            role = self.role_for(request.endpoint, request.method)
             # A POST that only reads (an operation's wait) changes nothing.
             if role >= Role.OPERATOR:
                 identity: Identity | None = g.get("identity")

@@ -23,6 +23,7 @@ from tests.conftest import authorize
 # Routes outside the OpenAPI document: what a stranger gets from each.
 UNDOCUMENTED = {
     "/api/openapi.json": 401,
+    "/metrics": 401,  # Prometheus' text format, at its default path: not in the document
     "/api/docs": 302,
     "/api/docs/assets/<path:filename>": 302,
     "/": 302,
@@ -399,6 +400,23 @@ def test_an_expired_token_is_refused(app: Flask) -> None:
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00+00:00'")
     assert client.get("/api/services", headers=headers).status_code == 401
+
+
+def test_a_token_changed_by_another_process_takes_effect_at_once(app: Flask) -> None:
+    # The store remembers the callers it read; a change through any other connection voids
+    # that at the next request (the CLI writes the same file from another process).
+    store = accounts(app).accounts
+    token = store.create_token("remembered", Role.ADMIN)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(3):  # read once, then answered from memory
+        assert client.get("/api/auth/me", headers=headers).json["role"] == "admin"
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE tokens SET role = 'viewer' WHERE name = 'remembered'")
+    assert client.get("/api/auth/me", headers=headers).json["role"] == "viewer"
+    with sqlite3.connect(store.path) as db:
+        db.execute("DELETE FROM tokens WHERE name = 'remembered'")
+    assert client.get("/api/auth/me", headers=headers).status_code == 401
 
 
 def test_users_through_the_api_and_role_changes_apply_at_once(
