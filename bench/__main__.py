@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import api, bus, containers, device, memory, proxy, sse
+from bench import api, bus, containers, device, memory, proxy, served, soak, sse
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     benchmarks: dict[str, Callable[[float], dict[str, Any] | list[dict[str, Any]]]] = {
         "api": api.run,
+        "served": served.run,
         "bus": bus.run,
         "memory": lambda _scale: memory.run(),
         "device": device.run,
@@ -45,13 +47,25 @@ def main() -> None:
         print(json.dumps(results, indent=2))  # noqa: T201  (the CLI's output)
         return
     for result in results:
+        target = result.get("target")
+        verdict = "" if target is None else f"  target {target:.2f} {_verdict(result)}"
         print(  # noqa: T201
             f"{result['name']:<28} pyedge {result['pyedge']:>10.1f} {result['unit']:<8} "
-            f"baseline {result['baseline']:>10.1f}  ratio {result['ratio']:.2f}  "
+            f"baseline {result['baseline']:>10.1f}  ratio {result['ratio']:.2f}{verdict}  "
             f"({result['what']})"
         )
 
 
+def _verdict(result: dict[str, Any]) -> str:
+    """'met' or 'MISSED': the ratio against the row's target (ratios: higher is better)."""
+    return "met" if result["ratio"] >= result["target"] else "MISSED"
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    main()
+    # `python -m bench soak ...` is the long run (bench/soak.py), never part of `make bench`.
+    if sys.argv[1:2] == ["soak"]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        soak.main(sys.argv[2:])
+    else:
+        logging.basicConfig(level=logging.WARNING)
+        main()

@@ -12,6 +12,7 @@ from bench.broker import running_broker
 from pyedge.security import Role
 
 REQUESTS = 5000
+TARGET = 0.7
 
 
 def bare_app() -> Flask:
@@ -65,5 +66,6 @@ def run(scale: float) -> dict[str, Any]:
         "pyedge": pyedge,
         "baseline": baseline,
         "ratio": pyedge / baseline,
+        "target": TARGET,
         "what": f"{count} requests, Flask test client; baseline a bare Flask route",
     }

@@ -1,28 +1,31 @@
 """Container list and start through the container-manager's API vs the raw docker-py calls.
 
 Both sides run against the same dockerd, started for the benchmark on its own socket (as the
-tests do), in the same run. The API is served over real HTTP by werkzeug's threaded server
-with keep-alive, as a client on the device would reach it; the baseline is the one docker-py
-call the API makes for the same job.
+tests do), in the same run. The API is served as on a device, by `pyedge run` (gunicorn) with
+the container-manager, and reached over HTTP with keep-alive; the baseline is the one
+docker-py call the API makes for the same job. The in-process row (Flask's test client)
+shows the HTTP hop's share.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import docker
 import requests
 from flask import Flask
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bench.broker import running_broker
+from bench.processes import HOST, answers, free_port, pyedge_environment, running, wait
+from pyedge.accounts import AccountStore
 from pyedge.security import Role
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
@@ -39,27 +42,28 @@ START_TARGET = 1.2
 SLEEPER = ["sleep", "3600"]
 
 
-class KeepAliveHandler(WSGIRequestHandler):
-    """HTTP/1.1, so the client keeps its connection (as with gunicorn); no request log."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Say nothing: a line per request would time the terminal."""
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
 
 
 @contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve `app` on a free loopback port with werkzeug's threaded server; yields its URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=KeepAliveHandler)
-    thread = threading.Thread(target=server.serve_forever, name="bench-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def serving(engine: DockerEngine, data: Path, token: str) -> Iterator[str]:
+    """`pyedge run` with the container-manager on `engine`, on free ports; yields its URL."""
+    port = free_port()
+    args = [PYEDGE, "run", "--host", HOST, "--port", str(port)]
+    args += ["--mqtt-port", str(free_port()), "--data-dir", str(data)]
+    env = pyedge_environment(
+        "bench-containers",
+        EDGE_LOG_LEVEL="WARNING",
+        EDGE_SERVICES="container-manager",
+        EDGE_CONTAINER_MANAGER_DOCKER_HOST=engine.url,
+        # No apps to converge: keep the reconciler's passes out of the timings.
+        EDGE_CONTAINER_MANAGER_RECONCILE_AUTOSTART="0",
+    )
+    url = f"http://{HOST}:{port}"
+    with running(args, env, data.parent / "pyedge-run.log"), requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {token}"
+        wait(lambda: answers(http, f"{url}{API}/containers"), 60, "pyedge run")
+        yield url
 
 
 def timed(func: Callable[[], object]) -> float:
@@ -85,13 +89,19 @@ def populate(client: docker.DockerClient, count: int) -> None:
 
 
 def bench_list(
-    http: requests.Session, url: str, app: Flask, client: docker.DockerClient, iterations: int
+    http: requests.Session,
+    url: str,
+    app: Flask,
+    client: docker.DockerClient,
+    iterations: int,
 ) -> tuple[list[float], list[float], list[float]]:
     """Times of GET /containers?all=true over HTTP, of the same GET in-process (Flask's test
     client) and of client.api.containers(all=True), interleaved."""
     path = f"{API}/containers?all=true"
     test_client = app.test_client()
-    test_client.environ_base["HTTP_AUTHORIZATION"] = http.headers["Authorization"]
+    # The in-process app keeps accounts of its own.
+    app_token = app.extensions["pyedge.auth"].accounts.create_token("bench", Role.ADMIN)
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app_token}"
 
     def through_api() -> None:
         response = http.get(f"{url}{path}")
@@ -168,6 +178,7 @@ def result(
         "pyedge": pyedge,
         "baseline": baseline,
         "ratio": baseline / pyedge,
+        "target": None if target is None else 1 / target,
         "what": f"{what}; median of {len(api_times)}; ratio = baseline/pyedge; {verdict}",
     }
 
@@ -199,29 +210,30 @@ def run(scale: float) -> list[dict[str, Any]]:
         if engine is None:
             return []
         client = engine.client()
-        with running_broker() as port, tempfile.TemporaryDirectory() as data:
+        with running_broker() as port, tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "data"
+            token = AccountStore(data / "accounts.db").create_token("bench", Role.ADMIN)
+            # In-process, beside `pyedge run`: its own data dir (each locks its own).
             app = create_app(
                 {
                     "EDGE_MQTT_PORT": port,
                     "EDGE_NODE_ID": "bench",
-                    "EDGE_DATA_DIR": data,
+                    "EDGE_DATA_DIR": Path(tmp) / "in-process",
                     "EDGE_SERVICES": "container-manager",
                     "EDGE_CONTAINER_MANAGER_DOCKER_HOST": engine.url,
-                    # No apps to converge: keep the reconciler's passes out of the timings.
                     "EDGE_CONTAINER_MANAGER_RECONCILE_AUTOSTART": False,
                 }
             )
             try:
                 populate(client, CONTAINERS)
-                token = app.extensions["pyedge.auth"].accounts.create_token("bench", Role.ADMIN)
-                with serving(app) as url, requests.Session() as http:
+                with serving(engine, data, token) as url, requests.Session() as http:
                     http.headers["Authorization"] = f"Bearer {token}"
                     listed = bench_list(http, url, app, client, list_iterations)
                     started = bench_start(http, url, client, start_iterations)
             finally:
                 app.extensions["pyedge"].close()
                 client.close()
-    over_http = "over HTTP (werkzeug threaded, keep-alive; client requests)"
+    over_http = "over HTTP to `pyedge run` (gunicorn, keep-alive; client requests)"
     listed_http, listed_in_process, listed_raw = listed
     return [
         result(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -24,3 +32,36 @@ def wait(check: Callable[[], bool], timeout: float, what: str, every: float = 0.
         if time.monotonic() > deadline:
             raise RuntimeError(f"bench: {what} not within {timeout:.0f} s")
         time.sleep(every)
+
+
+def pyedge_environment(node_id: str, **settings: str) -> dict[str, str]:
+    """This environment without any EDGE_* setting, plus the node id and `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    env.update(EDGE_NODE_ID=node_id, **settings)
+    # The bench package itself (the bare baseline app) must import in the children.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def answers(session: requests.Session, url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        return session.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process writing to `log` while the block runs; SIGTERM (then SIGKILL) after it."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

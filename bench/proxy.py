@@ -10,21 +10,16 @@ lightest request (where the proxy's own cost weighs most), and /ops, a typical r
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from bench.processes import free_port, wait
+from bench.processes import answers, free_port, pyedge_environment, running, wait
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
@@ -40,35 +35,7 @@ PATHS = {
     "proxy: GET /hello via node": PATH,
     "proxy: GET /ops via node": "/api/custom-service/ops",
 }
-TARGET = 0.6
-
-
-def _environment(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    env.update(EDGE_NODE_ID="bench-proxy", EDGE_LOG_LEVEL="WARNING", **settings)
-    return env
-
-
-def _answers(session: requests.Session, url: str) -> bool:
-    try:
-        return session.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
-    with log.open("w") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+TARGET = 0.7
 
 
 def _per_second(session: requests.Session, url: str, count: int) -> float:
@@ -98,6 +65,7 @@ def _compare(session: requests.Session, direct: str, proxied: str, count: int) -
         "baseline": baseline,
         "ratio": pyedge / baseline,
         "ratio_median": statistics.median(per_round),
+        "target": TARGET,
         "what": f"{count} requests each in {ROUNDS} alternating rounds, keep-alive, gunicorn "
         f"both; baseline straight to `pyedge serve`; target >= {TARGET}",
     }
@@ -110,11 +78,19 @@ def run(scale: float) -> list[dict[str, Any]]:
         data = Path(tmp) / "data"
         token = AccountStore(data / "accounts.db").create_token("bench", Role.VIEWER)
         hub_port, service_port, mqtt_port = free_port(), free_port(), free_port()
-        hub_env = _environment(EDGE_ROLE="node", EDGE_SERVICES="device-service")
+        hub_env = pyedge_environment(
+            "bench-proxy",
+            EDGE_LOG_LEVEL="WARNING",
+            EDGE_ROLE="node",
+            EDGE_SERVICES="device-service",
+        )
         hub_args = [PYEDGE, "run", "--host", "127.0.0.1", "--port", str(hub_port)]
         hub_args += ["--mqtt-port", str(mqtt_port), "--data-dir", str(data)]
-        service_env = _environment(
-            EDGE_MQTT_PORT=str(mqtt_port), EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0"
+        service_env = pyedge_environment(
+            "bench-proxy",
+            EDGE_LOG_LEVEL="WARNING",
+            EDGE_MQTT_PORT=str(mqtt_port),
+            EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
         )
         service_args = [PYEDGE, "serve", "custom-service", "--host", "127.0.0.1"]
         service_args += ["--port", str(service_port), "--data-dir", str(data)]
@@ -123,11 +99,11 @@ def run(scale: float) -> list[dict[str, Any]]:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
         results = []
-        with _process(hub_args, hub_env, Path(tmp) / "hub.log"):
-            wait(lambda: _answers(session, f"{hub_url}/api/health"), 30, "the edge-server")
+        with running(hub_args, hub_env, Path(tmp) / "hub.log"):
+            wait(lambda: answers(session, f"{hub_url}/api/health"), 30, "the edge-server")
             # After the edge-server: its hub key must exist when the service loads it.
-            with _process(service_args, service_env, Path(tmp) / "service.log"):
-                wait(lambda: _answers(session, hub_url + PATH), 30, "the proxied service")
+            with running(service_args, service_env, Path(tmp) / "service.log"):
+                wait(lambda: answers(session, hub_url + PATH), 30, "the proxied service")
                 for name, path in PATHS.items():
                     result = _compare(session, service_url + path, hub_url + path, count)
                     results.append({"name": name, **result})
