@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SETUP := bash tools/setup.sh
 PYTEST_ARGS ?=
+BENCH ?=
+# How long `make soak` runs, in seconds.
+DURATION ?= 600
 
 # Settings `pyedge run` reads from the environment. Set in the environment or on the
 # command line (`make run EDGE_HTTP_PORT=9000`), they reach pyedge; unset ones stay unset
@@ -14,12 +17,12 @@ EDGE_ENV := EDGE_HTTP_HOST EDGE_HTTP_PORT EDGE_MQTT_PORT EDGE_DATA_DIR EDGE_TLS 
 	EDGE_ROLE EDGE_SERVICES
 $(foreach v,$(EDGE_ENV),$(if $(filter undefined,$(origin $(v))),,$(eval export $(v))))
 
-.PHONY: help setup run test lint format bench clean up down logs screenshots
+.PHONY: help setup run test faults lint format bench soak clean up down logs screenshots
 
 help: ## List the targets (the default)
 	@printf 'Usage: make TARGET [PYTEST_ARGS=...] [EDGE_HTTP_PORT=...]\n\nTargets:\n'
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z_-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
-	@printf '\nVariables: PYTEST_ARGS (test), %s (run)\n' '$(EDGE_ENV)'
+	@printf '\nVariables: PYTEST_ARGS (test), DURATION (soak), %s (run)\n' '$(EDGE_ENV)'
 
 setup: ## Prepare the checkout: Python >= 3.11, .venv with pyedge[dev], Mosquitto
 	@$(SETUP)
@@ -31,6 +34,10 @@ run: ## Solo mode: `pyedge run` (Mosquitto + edge-server) with the EDGE_* settin
 test: ## Run pytest (extra arguments: PYTEST_ARGS=...); "no tests collected" fails too
 	@$(SETUP) test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+faults: ## Run the fault suite and print its counting report (build/faults/report.jsonl)
+	@$(SETUP) test
+	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 screenshots: ## Retake the dashboard's screenshots in docs/screenshots (the browser tests)
 	@$(SETUP) test
@@ -60,12 +67,16 @@ format: ## Rewrite the code: ruff check --fix, then ruff format
 	echo '$(BIN)/ruff format .'; $(BIN)/ruff format . || status=1; \
 	exit $$status
 
-bench: ## Run the benchmarks (python -m bench) if there is a bench/ package
+bench: ## Run the benchmarks (python -m bench; one: make bench BENCH=served); ratios and targets
 	@if [ -d bench ]; then \
-	$(SETUP) run && $(BIN)/python -m bench; \
+	$(SETUP) bench && $(BIN)/python -m bench $(BENCH); \
 	else \
 	echo 'no benchmarks yet (there is no bench/ directory)'; \
 	fi
+
+soak: ## Soak the solo bundle at 50 readings/s for DURATION seconds (600); RSS/fd slopes
+	@$(SETUP) run
+	$(BIN)/python -m bench soak --duration $(DURATION) --out build/soak/soak.json
 
 clean: ## Remove .venv and caches/build output; keeps data/ (that is user data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

