@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import selectors
-import signal
 import socket
 import statistics
 import struct
@@ -45,7 +44,7 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.processes import free_port, wait
+from bench.processes import free_port, pyedge_environment, running, wait
 from edge_server.broker.accounts import EDGE_SERVER, SUBSCRIBER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
@@ -147,9 +146,8 @@ def running_node(tmp: Path) -> Iterator[Node]:
     token = AccountStore(data_dir / "accounts.db").create_token("bench", Role.VIEWER)
     http_port, mqtt_port = free_port(), free_port()
     node_id = f"bench-sse-{uuid.uuid4().hex[:6]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    env.update(
-        EDGE_NODE_ID=node_id,
+    env = pyedge_environment(
+        node_id,
         EDGE_SERVICES="custom-service",
         EDGE_CUSTOM_SERVICE_HEARTBEAT_AUTOSTART="0",
         EDGE_SSE_CLIENTS=str(SSE_CLIENTS),
@@ -158,19 +156,10 @@ def running_node(tmp: Path) -> Iterator[Node]:
     args = [PYEDGE, "run", "--host", HOST, "--port", str(http_port)]
     args += ["--mqtt-port", str(mqtt_port), "--data-dir", str(data_dir)]
     log = tmp / "node.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    node = Node(process, http_port, mqtt_port, node_id, data_dir, log, token)
-    try:
+    with running(args, env, log) as process:
+        node = Node(process, http_port, mqtt_port, node_id, data_dir, log, token)
         wait(lambda: process.poll() is None and _healthy(node.url), TIMEOUT_S, "pyedge run")
         yield node
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def open_stream(node: Node, topic: str, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
