@@ -59,6 +59,9 @@ class Device:
         self.last: dict[str, dict[str, Any]] = {}
         self.store_error: str | None = None
         self.refused_ticks = 0  # sampling ticks the outbox refused since the last success
+        # Readings sampled that the store refused (a full disk): never stored, so never
+        # given a seq; counted in memory, since the store itself cannot count them.
+        self.unstored = 0
         # One reader per sensor at a time: the sampling loop and the `read` Task share them.
         self._locks = {name: threading.Lock() for name in self.sensors}
         self._availability_lock = threading.Lock()
@@ -188,6 +191,7 @@ class Device:
             seqs = self.outbox.append(batch)
         except OutboxError as exc:
             self._store_failed(exc)
+            self.unstored += len(batch)
             return 0
         if self.store_error is not None:
             logger.warning("outbox stores readings again (%d ticks refused)", self.refused_ticks)

@@ -42,6 +42,13 @@ def families(device: Device) -> Iterator[Metric]:
         stats["dropped"],
     )
     yield _one(
+        CounterMetricFamily,
+        "pyedge_readings_unstored",
+        "Readings sampled that the store refused (a full disk): lost, counted since start",
+        slug,
+        device.unstored,
+    )
+    yield _one(
         GaugeMetricFamily,
         "pyedge_outbox_depth",
         "Readings in the outbox, waiting for the broker's acknowledgement",

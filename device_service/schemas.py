@@ -38,6 +38,10 @@ class OutboxSchema(ma.Schema):
     )
     drained = ma.fields.Integer(required=True, metadata={"description": "acknowledged, ever"})
     dropped = ma.fields.Integer(required=True, metadata={"description": "given up, ever"})
+    unstored = ma.fields.Integer(
+        required=True,
+        metadata={"description": "sampled but refused by the store (a full disk), this run"},
+    )
     max_rows = ma.fields.Integer(required=True)
     policy = ma.fields.String(required=True)
     in_flight = ma.fields.Integer(required=True, metadata={"description": "published, unacked"})

@@ -122,7 +122,7 @@ class OutboxResource(MethodView):
     def get(self) -> dict[str, Any]:
         """How many readings wait for the broker, and how many were drained or dropped."""
         device = current_device()
-        return {**device.outbox.stats(), **device.forwarder.stats()}
+        return {**device.outbox.stats(), **device.forwarder.stats(), "unstored": device.unstored}
 
 
 def actuator_state(device: Device, name: str) -> dict[str, Any]:

@@ -84,6 +84,9 @@ def test_a_full_data_disk_degrades_and_recovers(
         # Still serving, the policy in force shown; no seq used up while the disk refused.
         outbox = client.get("/api/device-service/outbox")
         assert outbox.status_code == 200 and outbox.json["policy"] == "drop_oldest", outbox.json
+        # The readings the full disk refused are lost, and said so: counted, not hidden.
+        assert outbox.json["unstored"] > 0, outbox.json
+        assert "pyedge_readings_unstored_total" in client.get("/metrics").text
         refused = stored_seqs(small_disk)
         filler.unlink()
         healed = time.monotonic()
@@ -102,6 +105,7 @@ def test_a_full_data_disk_degrades_and_recovers(
                 last,
                 recovery,
                 stored_while_full=sum(refused.values()) - sum(before.values()),
+                unstored=outbox.json["unstored"],
                 error_lines=sum(1 for r in caplog.records if r.levelno >= logging.ERROR),
                 integrity=check,
             )
