@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,75 +11,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_server import create_app
-from tests.conftest import Broker, authorized_client
+from tests.conftest import authorized_client
+from tests.device.conftest import GPIO_SENSORS as SENSORS
+from tests.device.conftest import start_device as start
 from tests.mqtt_recorder import MqttRecorder
 
 # The default prefix: the test broker's ACL lets the device-service announce under it, for
 # its own node only (<prefix>/<component>/<node>/...), which keeps the tests apart.
 PREFIX = "homeassistant"
-
-SENSORS = """
-[sensors.temp]
-driver = "simulated"
-interval = 0.2
-unit = "°C"
-device_class = "temperature"
-
-[sensors.pump]
-driver = "gpio_out"
-interval = 0.2
-options = { pin = 27 }
-
-[sensors.door]
-driver = "gpio_in"
-interval = 0.2
-options = { pin = 17 }
-"""
-
-
-@pytest.fixture
-def mock_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """gpiozero's mock pins: the only fake, below the drivers."""
-    from gpiozero import Device
-
-    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    Device.pin_factory = None
-    yield
-    if Device.pin_factory is not None:
-        Device.pin_factory.reset()
-    Device.pin_factory = None
-
-
-def start(config: dict[str, Any], tmp_path: Path, text: str = SENSORS) -> Flask:
-    path = tmp_path / "sensors.toml"
-    path.write_text(text)
-    app = create_app(
-        {
-            **config,
-            "EDGE_SERVICES": "device-service",
-            "EDGE_SENSORS": str(path),
-        }
-    )
-    assert app.extensions["pyedge"].bus.wait_connected(5)
-    return app
-
-
-@pytest.fixture
-def gpio_app(app_config: dict[str, Any], tmp_path: Path, mock_gpio: None) -> Iterator[Flask]:
-    app = start(app_config, tmp_path)
-    yield app
-    app.extensions["pyedge"].close()
-
-
-@pytest.fixture
-def home_assistant(broker: Broker, node_id: str) -> Iterator[MqttRecorder]:
-    """A client logged in as Home Assistant is: it may announce its birth and switch."""
-    client = MqttRecorder(
-        broker.host, broker.port, f"ha-{node_id}", **broker.login("homeassistant")
-    )
-    yield client
-    client.close()
 
 
 def test_discovery_configs_describe_every_entity(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +16,8 @@ from flask import Flask
 
 from edge_server import create_app
 from pyedge.security import Role
-from tests.conftest import Broker, authorized_client, free_port
-from tests.device.test_discovery_actuators import PREFIX, start
+from tests.conftest import authorized_client, free_port
+from tests.device.test_discovery_actuators import PREFIX
 from tests.mqtt_recorder import MqttRecorder
 from tests.test_metrics import scrape, until, value
 
@@ -91,36 +89,6 @@ def test_readings_dropped_by_a_full_outbox_are_counted(device_config: dict[str, 
         assert value(samples, "pyedge_mqtt_connected") == 0
     finally:
         app.extensions["pyedge"].close()
-
-
-@pytest.fixture
-def mock_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """gpiozero's mock pins: the only fake, below the drivers."""
-    from gpiozero import Device
-
-    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    Device.pin_factory = None
-    yield
-    if Device.pin_factory is not None:
-        Device.pin_factory.reset()
-    Device.pin_factory = None
-
-
-@pytest.fixture
-def gpio_app(app_config: dict[str, Any], tmp_path: Path, mock_gpio: None) -> Iterator[Flask]:
-    app = start(app_config, tmp_path)
-    yield app
-    app.extensions["pyedge"].close()
-
-
-@pytest.fixture
-def home_assistant(broker: Broker, node_id: str) -> Iterator[MqttRecorder]:
-    """A client logged in as Home Assistant is: it may announce its birth and switch."""
-    client = MqttRecorder(
-        broker.host, broker.port, f"ha-{node_id}", **broker.login("homeassistant")
-    )
-    yield client
-    client.close()
 
 
 def test_malformed_actuator_commands_are_logged_counted_and_harmless(
