@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import requests
 from flask import Flask
 
 from bench.broker import running_broker
-from bench.processes import HOST, answers, free_port, pyedge_environment, running, wait
+from bench.processes import HOST, PYEDGE, answers, free_port, pyedge_environment, running, wait
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 from tests.docker_engine import TEST_IMAGE, DockerEngine
@@ -40,9 +39,6 @@ WARMUP = 5
 LIST_TARGET = 1.5
 START_TARGET = 1.2
 SLEEPER = ["sleep", "3600"]
-
-
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 
 
 @contextmanager

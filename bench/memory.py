@@ -32,11 +32,19 @@ from typing import Any
 import requests
 
 from bench.containers import running_engine
-from bench.processes import HOST, ROOT, answers, free_port, pyedge_environment, running, wait
+from bench.processes import (
+    HOST,
+    PYEDGE,
+    ROOT,
+    answers,
+    free_port,
+    pyedge_environment,
+    running,
+    wait,
+)
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 PATH = "/api/custom-service/hello?name=bench"
 TARGET_MIB = 70.0
 THREADS = 16

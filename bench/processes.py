@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +17,8 @@ import requests
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
+# The `pyedge` command of this environment.
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
 
 
 def free_port() -> int:
@@ -65,3 +69,18 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def paired(pyedge: list[float], baseline: list[float]) -> dict[str, float]:
+    """Rates of alternating rounds: the means' ratio, and the median of each round's.
+
+    Each round's pair ran back to back: their ratio is the least swayed by other load.
+    """
+    per_round = [p / b for p, b in zip(pyedge, baseline, strict=True)]
+    mean_pyedge, mean_baseline = statistics.mean(pyedge), statistics.mean(baseline)
+    return {
+        "pyedge": mean_pyedge,
+        "baseline": mean_baseline,
+        "ratio": mean_pyedge / mean_baseline,
+        "ratio_median": statistics.median(per_round),
+    }

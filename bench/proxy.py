@@ -10,8 +10,6 @@ lightest request (where the proxy's own cost weighs most), and /ops, a typical r
 
 from __future__ import annotations
 
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +17,10 @@ from typing import Any
 
 import requests
 
-from bench.processes import answers, free_port, pyedge_environment, running, wait
+from bench.processes import PYEDGE, answers, free_port, paired, pyedge_environment, running, wait
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 REQUESTS = 2000
 # More, shorter rounds: a burst of other load on the machine spoils fewer of them.
 ROUNDS = 10
@@ -55,16 +52,9 @@ def _compare(session: requests.Session, direct: str, proxied: str, count: int) -
     for _ in range(ROUNDS):
         straight.append(_per_second(session, direct, count // ROUNDS))
         through.append(_per_second(session, proxied, count // ROUNDS))
-    baseline, pyedge = sum(straight) / ROUNDS, sum(through) / ROUNDS
-    # Each round's ratio compares two runs made back to back: their median is the least
-    # swayed by other load on the machine.
-    per_round = [p / d for p, d in zip(through, straight, strict=True)]
     return {
         "unit": "req/s",
-        "pyedge": pyedge,
-        "baseline": baseline,
-        "ratio": pyedge / baseline,
-        "ratio_median": statistics.median(per_round),
+        **paired(through, straight),
         "target": TARGET,
         "what": f"{count} requests each in {ROUNDS} alternating rounds, keep-alive, gunicorn "
         f"both; baseline straight to `pyedge serve`; target >= {TARGET}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,19 @@ from typing import Any
 
 import requests
 
-from bench.processes import HOST, answers, free_port, pyedge_environment, running, wait
+from bench.processes import (
+    HOST,
+    PYEDGE,
+    answers,
+    free_port,
+    paired,
+    pyedge_environment,
+    running,
+    wait,
+)
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 PATH = "/api/custom-service/hello?name=bench"
 TARGET = 0.8
 # The method: one wrk thread, 8 connections, 8 s a round.
@@ -81,16 +88,12 @@ def run(scale: float) -> dict[str, Any]:
             for _ in range(rounds):
                 bare.append(wrk_rate(bare_url + PATH, seconds))
                 edge.append(wrk_rate(edge_url + PATH, seconds, token))
-    baseline, pyedge = statistics.mean(bare), statistics.mean(edge)
-    # Each round's pair ran back to back: their ratio is the least swayed by other load.
+    rates = paired(edge, bare)
     per_round = [e / b for e, b in zip(edge, bare, strict=True)]
     return {
         "name": "api: GET /hello served",
         "unit": "req/s",
-        "pyedge": pyedge,
-        "baseline": baseline,
-        "ratio": pyedge / baseline,
-        "ratio_median": statistics.median(per_round),
+        **rates,
         "target": TARGET,
         "what": f"wrk -t1 -c{CONNECTIONS} -d{seconds}s x {rounds} alternating rounds; "
         f"`pyedge run` (token) vs a bare Flask route, both gunicorn gthread, 1 worker; "

@@ -24,7 +24,6 @@ import os
 import selectors
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -37,14 +36,13 @@ from typing import Any
 
 import requests
 
-from bench.processes import HOST, free_port, pyedge_environment, running, wait
+from bench.processes import HOST, PYEDGE, free_port, pyedge_environment, running, wait
 from bench.sse import Node, abort, open_stream
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
 logger = logging.getLogger(__name__)
 
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 SENSORS = 10
 INTERVAL_S = 0.2
 RATE = SENSORS / INTERVAL_S

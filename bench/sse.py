@@ -28,7 +28,6 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,12 +43,11 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.processes import free_port, pyedge_environment, running, wait
+from bench.processes import PYEDGE, free_port, pyedge_environment, running, wait
 from edge_server.broker.accounts import EDGE_SERVER, SUBSCRIBER, load_accounts
 from pyedge.accounts import AccountStore
 from pyedge.security import Role
 
-PYEDGE = str(Path(sys.executable).parent / "pyedge")
 HOST = "127.0.0.1"
 HELLO = "/api/custom-service/hello?name=bench"
 # Stream slots of the node: the 50 latency streams need more than the default 32.
