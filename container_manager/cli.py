@@ -635,4 +635,81 @@ def app_rm(ctx: click.Context, name: str, volumes: bool) -> None:
     click.echo(f"removed app {name}")
 
 
-commands = [image, container, app]
+# ---- the Docker API gateway's client certificates --------------------------------------
+
+# The names the docker CLI reads in DOCKER_CERT_PATH (and Portainer's TLS form asks for).
+CERT_FILES = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
+
+
+@click.group()
+def gateway() -> None:
+    """The Docker API gateway's client certificates (for the docker CLI and Portainer)."""
+
+
+@gateway.command("issue")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer")
+@click.option("--user", help="the PyEdge user it acts as (default: you)")
+@click.option("--days", type=int, default=365, show_default=True, help="valid for")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="directory for ca.pem, cert.pem and key.pem (DOCKER_CERT_PATH)",
+)
+@click.pass_context
+def gateway_issue(
+    ctx: click.Context, name: str, role: str, user: str | None, days: int, out: Path
+) -> None:
+    """Issue a client certificate and write it where DOCKER_CERT_PATH can point."""
+    issued = client(ctx).call(
+        "POST",
+        "/gateway/certificates",
+        json={"name": name, "role": role, "days": days, **({"user": user} if user else {})},
+    )
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for field, file_name in CERT_FILES.items():
+        if issued.get(field) is None:
+            continue  # no ca.pem: the gateway serves plain HTTP
+        path = out / file_name
+        # The key is owner-only from its first byte.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(issued[field])
+    click.echo(
+        f"certificate {issued['name']} for {issued['user']} ({issued['role']}), serial "
+        f"{issued['serial']}, valid until {when(issued['not_after'])}, in {out}"
+    )
+
+
+@gateway.command("revoke")
+@click.argument("name")
+@click.pass_context
+def gateway_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a client certificate (refused at once)."""
+    revoked = client(ctx).call("DELETE", f"/gateway/certificates/{path_of(name)}")
+    click.echo(f"certificate {revoked['name']} revoked at {when(revoked['revoked_at'])}")
+
+
+@gateway.command("ls")
+@click.pass_context
+def gateway_ls(ctx: click.Context) -> None:
+    """List the client certificates issued."""
+    found = client(ctx).call("GET", "/gateway/certificates")
+    table(
+        ["NAME", "USER", "ROLE", "VALID UNTIL", "REVOKED", "SERIAL"],
+        [
+            [
+                c["name"],
+                c["user"],
+                c["role"],
+                when(c["not_after"]),
+                when(c["revoked_at"]),
+                c["serial"],
+            ]
+            for c in found
+        ],
+    )
+
+
+commands = [image, container, app, gateway]

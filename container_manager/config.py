@@ -7,6 +7,17 @@ from __future__ import annotations
 
 from pyedge import config as cfg
 
+
+def listen_address(value: object) -> tuple[str, int]:
+    """'HOST:PORT' (an IPv6 host in brackets) as (host, port)."""
+    text = cfg.text(value)
+    host, colon, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:2375")
+    return host, int(port)
+
+
 # Capabilities a container may add without a grant: all are in Docker's default set
 # already, so adding them back after a cap_drop gives nothing new.
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID")
@@ -61,6 +72,19 @@ SETTINGS = (
         cfg.number(low=0.1),
         15.0,
         "seconds between SSE heartbeat comments (also how a departed client is noticed)",
+    ),
+    cfg.Setting(
+        "gateway_listen",
+        listen_address,
+        None,
+        "HOST:PORT of the Docker API gateway, for the docker CLI and Portainer (default: off);"
+        " HTTPS when the node's is (EDGE_TLS)",
+    ),
+    cfg.Setting(
+        "gateway_max_connections",
+        cfg.integer(1, 1000),
+        16,
+        "Docker API connections open at once at most (each holds a thread)",
     ),
     cfg.Setting(
         "max_streams",

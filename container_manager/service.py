@@ -7,6 +7,7 @@ import threading
 from container_manager.apps import AppStore
 from container_manager.config import SETTINGS
 from container_manager.engine import ENGINE, Engine, engine_of, socket_path
+from container_manager.gateway.runtime import close_gateway, open_gateway
 from container_manager.policy import Policy
 from container_manager.pull import PullParams, abort_pull, pull
 from container_manager.reconciler import (
@@ -102,6 +103,18 @@ def close_apps(runtime: ServiceRuntime) -> None:
 
 
 service.process("reconcile", run_reconcile, stop=stop_reconcile, autostart=reconcile_autostart)
+
+
+@service.on_start
+def open_docker_gateway(runtime: ServiceRuntime) -> None:
+    """Open the Docker API gateway's listener when it is configured (off by default)."""
+    open_gateway(runtime)
+
+
+@service.on_stop
+def close_docker_gateway(runtime: ServiceRuntime) -> None:
+    """Close the Docker API gateway's listener (first: the engine clients close after)."""
+    close_gateway(runtime)
 
 
 @service.health_check

@@ -32,6 +32,9 @@ from pyedge.sqlite import transaction
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pye_"
+# check_name's rule, as a pattern and in words (for schemas).
+NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
+NAME_RULE = "names are 1-64 letters, digits, '.', '_', '-', '@'"
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 MIN_PASSWORD = 8
 SETUP_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a log
@@ -112,7 +115,7 @@ def _digest(secret: str) -> str:
 def check_name(name: str) -> str:
     """A user or token name: 1-64 of letters, digits and . _ - @."""
     if not 1 <= len(name) <= 64 or set(name) - NAME_CHARS:
-        raise AccountError(f"{name!r}: names are 1-64 letters, digits, '.', '_', '-', '@'")
+        raise AccountError(f"{name!r}: {NAME_RULE}")
     return name
 
 

@@ -16,6 +16,7 @@ from pyedge.bus import Bus
 from pyedge.bus_config import MQTT_PROTOCOLS, bus_settings
 from pyedge.metrics import Metrics
 from pyedge.service import EdgeService, ServiceRuntime
+from pyedge.tls import node_tls
 from pyedge.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,10 @@ class ServiceHost:
         self.bus = Bus(bus_settings(conf, self.process_slug))
         self.metrics.init_app(app)
         self.metrics.watch_host(self)
+        # The app's Auth (pyedge.auth, which imports this module), when it has one.
+        auth = app.extensions.get("pyedge.auth")
+        accounts = auth.store if auth is not None else None
+        tls = node_tls(conf)
         for service in self.services:
             api.register_blueprint(service.blueprint)
             self.runtimes[service.slug] = ServiceRuntime(
@@ -137,6 +142,8 @@ class ServiceHost:
                 data_dir=conf["EDGE_DATA_DIR"],
                 site=conf["EDGE_SITE"],
                 metrics=self.metrics,
+                accounts=accounts,
+                tls=tls,
             )
         app.extensions[EXTENSION] = self
 

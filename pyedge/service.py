@@ -30,7 +30,9 @@ from pyedge.rpc import OpResponder
 from pyedge.security import Blueprint, Role
 
 if TYPE_CHECKING:
+    from pyedge.accounts import AccountStore
     from pyedge.bus import Bus
+    from pyedge.tls import NodeTls
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +234,8 @@ class ServiceRuntime:
         data_dir: Path,
         site: str = "",
         metrics: Metrics | None = None,
+        accounts: AccountStore | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         self.service = service
         self.node = node
@@ -240,6 +244,10 @@ class ServiceRuntime:
         self.bus = bus
         # The process's metrics: a service counts its events and registers its collectors.
         self.metrics = metrics if metrics is not None else Metrics()
+        # The node's users and tokens, and its certificate when it serves HTTPS: for a
+        # service that opens a listener of its own (they guard the app's listener already).
+        self.accounts = accounts
+        self.tls = tls
         self.settings = {
             setting.name: settings[service.section.key(setting)]
             for setting in service.section.settings

@@ -5,11 +5,10 @@ from __future__ import annotations
 import marshmallow as ma
 
 from pyedge import fields
+from pyedge.accounts import NAME_PATTERN, NAME_RULE
 
 ROLES = ("viewer", "operator", "admin")
-# pyedge.accounts.check_name's rule, as a pattern.
-ACCOUNT_NAME_RE = r"^[A-Za-z0-9._@-]{1,64}$"
-NAME_RULE = "names are 1-64 letters, digits, '.', '_', '-', '@'"
+ACCOUNT_NAME_RE = NAME_PATTERN
 
 
 class LoginSchema(ma.Schema):

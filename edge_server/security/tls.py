@@ -27,12 +27,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edge_server.files import write_atomic
 from pyedge import PyEdgeError
 from pyedge.config import LoadedConfig
+from pyedge.tls import CERT_FILE, KEY_FILE, TLS_DIR
 
 logger = logging.getLogger(__name__)
 
-TLS_DIR = "tls"
-CERT_FILE = "server.crt"
-KEY_FILE = "server.key"
 VALID_DAYS = 3650
 # A certificate this close to its end is replaced at start-up rather than left to expire.
 RENEW_BEFORE = datetime.timedelta(days=30)
