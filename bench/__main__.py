@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import api, bus, containers, device, memory, proxy, served, soak, sse
+from bench import api, bus, containers, device, gateway, memory, proxy, served, soak, sse
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def main() -> None:
         "memory": lambda _scale: memory.run(),
         "device": device.run,
         "containers": containers.run,
+        "gateway": gateway.run,
         "proxy": proxy.run,
         "sse": sse.run,
     }

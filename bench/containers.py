@@ -42,8 +42,10 @@ SLEEPER = ["sleep", "3600"]
 
 
 @contextmanager
-def serving(engine: DockerEngine, data: Path, token: str) -> Iterator[str]:
-    """`pyedge run` with the container-manager on `engine`, on free ports; yields its URL."""
+def serving(engine: DockerEngine, data: Path, token: str, **settings: str) -> Iterator[str]:
+    """`pyedge run` with the container-manager on `engine`, on free ports; yields its URL.
+
+    `settings` are more EDGE_* settings for it."""
     port = free_port()
     args = [PYEDGE, "run", "--host", HOST, "--port", str(port)]
     args += ["--mqtt-port", str(free_port()), "--data-dir", str(data)]
@@ -54,6 +56,7 @@ def serving(engine: DockerEngine, data: Path, token: str) -> Iterator[str]:
         EDGE_CONTAINER_MANAGER_DOCKER_HOST=engine.url,
         # No apps to converge: keep the reconciler's passes out of the timings.
         EDGE_CONTAINER_MANAGER_RECONCILE_AUTOSTART="0",
+        **settings,
     )
     url = f"http://{HOST}:{port}"
     with running(args, env, data.parent / "pyedge-run.log"), requests.Session() as http:
