@@ -137,6 +137,23 @@ def test_docker_cli_manages_volumes_and_networks(
     assert "Images" in df and "Local Volumes" in df
 
 
+def test_docker_py_from_env_sends_the_config_headers(
+    docker_as: Callable[[Role | None], Docker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer = docker_as(Role.VIEWER)
+    monkeypatch.setenv("DOCKER_HOST", viewer.host)
+    monkeypatch.setenv("DOCKER_CONFIG", str(viewer.config_dir))
+    client = docker.from_env(version="auto")
+    try:
+        assert any(TEST_IMAGE in image.tags for image in client.images.list())
+        with pytest.raises(docker.errors.APIError) as refused:
+            client.volumes.create("x")
+        assert refused.value.status_code == 403
+        assert "needs the admin role" in str(refused.value.explanation)
+    finally:
+        client.close()
+
+
 DENIED = [
     (["--privileged"], "HostConfig.Privileged", "privileged containers are root on the host"),
     (["-v", "/:/host"], "HostConfig.Binds=/:/host", "the host's root directory"),
