@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -16,7 +22,7 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from edge_server import create_app
-from tests.conftest import authorize, authorized_client
+from tests.conftest import authorize, authorized_client, free_port
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
 API = "/api/container-manager"
@@ -122,3 +128,67 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+REGISTRY_CANDIDATES = ("/usr/bin/docker-registry", "/usr/sbin/docker-registry")
+
+
+def http_status(url: str) -> int | None:
+    """The HTTP status of GET `url`, or None while nothing answers."""
+    # No proxy from the environment: the registry is on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A docker-registry listening on loopback."""
+
+    host: str
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    """Debian's docker-registry on a free loopback port: filesystem storage, no auth."""
+    program = next((p for p in REGISTRY_CANDIDATES if Path(p).exists()), None)
+    program = program or shutil.which("docker-registry")
+    if program is None:
+        raise RuntimeError("docker-registry not found: apt-get install docker-registry")
+    root = Path(tempfile.mkdtemp(prefix="pyedge-registry-"))
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = (root / "registry.log").open("wb")
+    process = subprocess.Popen(
+        [program, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    log.close()
+    try:
+        wait_for(
+            lambda: process.poll() is not None or http_status(f"http://127.0.0.1:{port}/v2/"),
+            20,
+            "the registry to answer",
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited: {(root / 'registry.log').read_text()}")
+        yield Registry(f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        shutil.rmtree(root, ignore_errors=True)

@@ -23,6 +23,7 @@ from pyedge.auth import EXTENSION as AUTH_EXTENSION
 from pyedge.config import ConfigError
 from pyedge.security import Role
 from tests.conftest import authorize, free_port
+from tests.containers.conftest import Registry
 from tests.containers.gateway_helpers import Docker
 from tests.docker_engine import TEST_IMAGE
 
@@ -152,6 +153,53 @@ def test_docker_py_from_env_sends_the_config_headers(
         assert "needs the admin role" in str(refused.value.explanation)
     finally:
         client.close()
+
+
+def test_docker_cli_pulls_tags_and_removes_images(
+    docker_as: Callable[[Role | None], Docker],
+    docker_client: docker.DockerClient,
+    registry: Registry,
+) -> None:
+    repository = f"{registry.host}/gateway/busybox"
+    docker_client.images.get(TEST_IMAGE).tag(repository, "1")
+    for line in docker_client.api.push(repository, tag="1", stream=True, decode=True):
+        assert "error" not in line, line
+    docker_client.images.remove(f"{repository}:1")
+    admin = docker_as(Role.ADMIN)
+    # The engine's progress stream, relayed as it comes (its layer is here already).
+    pulled = admin.ok("pull", f"{repository}:1")
+    assert "1: Pulling from gateway/busybox" in pulled
+    assert f"Downloaded newer image for {repository}:1" in pulled
+    admin.ok("tag", f"{repository}:1", "local/copy:2")
+    assert "local/copy:2" in admin.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert admin.ok("image", "inspect", "--format", "{{.Id}}", "local/copy:2").startswith("sha256:")
+    assert "IMAGE" in admin.ok("image", "history", "local/copy:2")
+    admin.ok("rmi", "local/copy:2", f"{repository}:1")
+    assert docker_client.images.list(name="local/copy") == []
+    assert "Total reclaimed space" in admin.ok("image", "prune", "-f")
+    assert "viewer" in docker_as(Role.VIEWER).refused("pull", f"{repository}:1")
+
+
+def test_docker_cli_lifecycle_verbs(
+    docker_as: Callable[[Role | None], Docker], docker_client: docker.DockerClient
+) -> None:
+    admin = docker_as(Role.ADMIN)
+    admin.ok("run", "-d", "--name", "box", TEST_IMAGE, *SLEEPER)
+    admin.ok("pause", "box")
+    assert docker_client.api.inspect_container("box")["State"]["Status"] == "paused"
+    admin.ok("unpause", "box")
+    admin.ok("rename", "box", "crate")
+    admin.ok("restart", "-t", "1", "crate")
+    assert admin.ok("inspect", "--format", "{{.State.Running}}", "crate").strip() == "true"
+    admin.ok("kill", "crate")
+    assert admin.ok("wait", "crate").strip() == "137"
+    assert isinstance(admin.ok("diff", "crate"), str)
+    assert admin.ok("network", "inspect", "--format", "{{.Name}}", "bridge").strip() == "bridge"
+    admin.ok("volume", "create", "v1")
+    assert admin.ok("volume", "inspect", "--format", "{{.Name}}", "v1").strip() == "v1"
+    admin.ok("rm", "crate")
+    admin.ok("volume", "prune", "-f")
+    assert docker_client.volumes.list() == []
 
 
 DENIED = [

@@ -6,12 +6,9 @@ import contextlib
 import io
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +20,10 @@ from flask.testing import FlaskClient
 
 from container_manager.pull import Reference, parse_ref
 from edge_server import create_app
-from tests.conftest import authorized_client
-from tests.containers.conftest import API, wait_for
+from tests.conftest import authorized_client, free_port
+from tests.containers.conftest import API, Registry, wait_for
 from tests.docker_engine import TEST_IMAGE, DockerEngine
 
-REGISTRY_CANDIDATES = ("/usr/bin/docker-registry", "/usr/sbin/docker-registry")
 REPOSITORY = "pyedge/bigimage"
 TAG = "1"
 # Two layers of random (incompressible) data on top of the busybox test image: 10 MB in all,
@@ -39,75 +35,6 @@ RUN busybox dd if=/dev/urandom of=/data/blob2 bs=1M count=6
 # The slow proxy's rate per connection: a layer takes seconds, so an abort lands mid-pull.
 SLOW_BYTES_PER_S = 200_000
 CHUNK = 16_384
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def http_status(url: str) -> int | None:
-    """The HTTP status of GET `url`, or None while nothing answers."""
-    # No proxy from the environment: the registry is on loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-@dataclass(frozen=True)
-class Registry:
-    """A docker-registry listening on loopback."""
-
-    host: str
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    """Debian's docker-registry on a free loopback port: filesystem storage, no auth."""
-    program = next((p for p in REGISTRY_CANDIDATES if Path(p).exists()), None)
-    program = program or shutil.which("docker-registry")
-    if program is None:
-        raise RuntimeError("docker-registry not found: apt-get install docker-registry")
-    root = Path(tempfile.mkdtemp(prefix="pyedge-registry-"))
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = (root / "registry.log").open("wb")
-    process = subprocess.Popen(
-        [program, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    log.close()
-    try:
-        wait_for(
-            lambda: process.poll() is not None or http_status(f"http://127.0.0.1:{port}/v2/"),
-            20,
-            "the registry to answer",
-        )
-        if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited: {(root / 'registry.log').read_text()}")
-        yield Registry(f"127.0.0.1:{port}")
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass(frozen=True)
