@@ -95,7 +95,7 @@ def test_a_broken_plugin_leaves_the_other_commands_working(
     monkeypatch.setattr(cli, "entry_points", lambda group: installed)
     group = cli.RootGroup(commands=[cli.show_config])
     with click.Context(group) as ctx:
-        assert group.list_commands(ctx) == ["app", "config", "container", "image"]
+        assert group.list_commands(ctx) == ["app", "config", "container", "gateway", "image"]
         # A built-in command keeps its name even when a plugin offers one like it.
         assert group.get_command(ctx, "config") is cli.show_config
     assert "cannot load the commands of broken: No module named" in capsys.readouterr().err
