@@ -239,12 +239,7 @@ class GatewayApp:
 
     def check_create(self, body: bytes) -> bytes:
         """The create body the policy allows, as relayed; 403 listing every violation."""
-        try:
-            spec = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise GatewayError(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from None
-        if not isinstance(spec, dict):
-            raise GatewayError(HTTPStatus.BAD_REQUEST, "the body is not a JSON object")
+        spec = json_object(body)
         passed, violations = check_create(spec, self.policy)
         if violations:
             reasons = "; ".join(f"{v['field']}={v['value']}: {v['reason']}" for v in violations)
@@ -333,15 +328,21 @@ def read_body(environ: dict[str, Any]) -> bytes:
     return b""
 
 
-def check_labels(body: bytes, kind: str) -> None:
-    """Refuse a volume or network create with reserved labels, a volume's with host-path
-    options or a plugin driver."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (empty: {}); 400 for anything else."""
     try:
         spec = json.loads(body or b"{}")
     except ValueError as exc:
         raise GatewayError(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from None
     if not isinstance(spec, dict):
         raise GatewayError(HTTPStatus.BAD_REQUEST, "the body is not a JSON object")
+    return spec
+
+
+def check_labels(body: bytes, kind: str) -> None:
+    """Refuse a volume or network create with reserved labels, a volume's with host-path
+    options or a plugin driver."""
+    spec = json_object(body)
     reserved = [key for key in spec.get("Labels") or {} if key.startswith(RESERVED_LABEL_PREFIX)]
     if reserved:
         raise GatewayError(
