@@ -24,7 +24,7 @@ import requests
 from container_manager.containers import APP_LABEL, is_true
 from container_manager.engine import Engine
 from container_manager.errors import ContainerManagerError, NotFound
-from container_manager.gateway.certs import ClientCertificates
+from container_manager.gateway.certs import IDENTITY_KIND, ClientCertificates
 from container_manager.gateway.create import check_create, volume_options_refusal
 from container_manager.gateway.routes import Refused, Route, match, unversioned
 from container_manager.policy import RESERVED_LABEL_PREFIX, SYSTEM_LABEL, Policy
@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 PEER_SERIAL = "pyedge.gateway.peer_serial"
 # A create or any other body larger than this is refused (they are a few KiB).
 MAX_BODY = 1 << 20
-# What the engine gets of the client's headers: never its credentials.
-FORWARDED_HEADERS = ("Content-Type", "X-Registry-Auth", "User-Agent")
+# What the engine gets of the client's headers (never its credentials), by WSGI key.
+FORWARDED_HEADERS = {
+    "Content-Type": "CONTENT_TYPE",
+    "X-Registry-Auth": "HTTP_X_REGISTRY_AUTH",
+    "User-Agent": "HTTP_USER_AGENT",
+}
 HOP_HEADERS = frozenset({
     "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
     "proxy-authenticate", "proxy-authorization",
@@ -172,14 +176,15 @@ class GatewayApp:
         """Write the change to the audit log; never fails the request."""
         if self.accounts is None:
             return
-        detail = AUDIT_DETAIL
-        serial = environ.get(PEER_SERIAL)
-        if identity is not None and identity.kind == "certificate" and self.certificates:
+        actor, detail = identity.actor if identity else "anonymous", AUDIT_DETAIL
+        if identity is not None and identity.kind == IDENTITY_KIND and self.certificates:
+            # A certificate acts as its user: the log names the user, and the certificate.
+            serial = environ.get(PEER_SERIAL) or ""
+            actor = f"user:{identity.name}"
             detail += f", certificate {self.certificates.name_of(serial) or serial}"
-        actor = f"user:{identity.name}" if identity and identity.kind == "certificate" else None
         try:
             self.accounts.audit(
-                actor or (identity.actor if identity else "anonymous"),
+                actor,
                 method,
                 path,
                 status,
@@ -258,12 +263,7 @@ class GatewayApp:
         body: bytes,
     ) -> Answer:
         """Send the request to the engine; its answer, a stream relayed as it comes."""
-        headers = {
-            name: environ[key]
-            for name in FORWARDED_HEADERS
-            if (key := "HTTP_" + name.upper().replace("-", "_")) in environ
-            or (key := name.upper().replace("-", "_")) in environ
-        }
+        headers = {name: environ[key] for name, key in FORWARDED_HEADERS.items() if key in environ}
         url_path = path + (f"?{query}" if query else "")
 
         def send(client: docker.DockerClient) -> requests.Response:

@@ -161,15 +161,16 @@ class ClientCertificates:
     def revoke(self, name: str) -> dict[str, Any]:
         """Revoke the certificate `name` (at once); NotFound if there is none."""
         with self._db(write=True) as db:
-            updated = db.execute(
+            db.execute(
                 "UPDATE certificates SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 (now(), name),
-            ).rowcount
+            )
         self._reload()
-        if not updated and not any(r["name"] == name for r in self.records()):
+        record = next((r for r in self.records() if r["name"] == name), None)
+        if record is None:
             raise NotFound(f"no gateway certificate {name}")
         logger.info("gateway certificate %s revoked", name)
-        return next(r for r in self.records() if r["name"] == name)
+        return record
 
     def records(self) -> list[dict[str, Any]]:
         """Every certificate issued, revoked ones included, by name."""
