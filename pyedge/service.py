@@ -85,6 +85,7 @@ class EdgeService:
         description: str = "",
         settings: Sequence[Setting] = (),
         import_name: str | None = None,
+        mqtt_writes: Sequence[str] = (),
     ) -> None:
         if not SLUG_RE.fullmatch(slug):
             raise ValueError(f"service slug {slug!r} must be lowercase words joined by '-'")
@@ -93,6 +94,10 @@ class EdgeService:
         self.version = version
         self.description = description
         self.section = Section(slug, tuple(settings))
+        # Topic filters beyond its own subtree that it publishes to, relative to
+        # `<root>/<node>/` (e.g. `device-service/actuators/+/set`): its broker account
+        # may write them on its node, and nothing else of another service.
+        self.mqtt_writes = tuple(_checked_writes(slug, mqtt_writes))
         self.operations: dict[str, Operation] = {}
         self.health_checks: list[HealthCheck] = []
         self.start_hooks: list[LifecycleHook] = []
@@ -380,6 +385,18 @@ class ServiceRuntime:
                 last = session.messages[-1].text if session.messages else "no message"
                 return Health("degraded", f"process {session.op.name} {last}")
         return None
+
+
+def _checked_writes(slug: str, filters: Sequence[str]) -> list[str]:
+    """The `mqtt_writes` filters, checked: relative, under another service's subtree."""
+    for topic_filter in filters:
+        first = topic_filter.split("/", 1)[0]
+        if not SLUG_RE.fullmatch(first) or first == slug or "#" in topic_filter[:-1]:
+            raise ValueError(
+                f"{slug}: mqtt_writes {topic_filter!r} must start with another service's "
+                "slug (it is relative to <root>/<node>/), with '#' only at the end"
+            )
+    return list(filters)
 
 
 def _first_line(func: Callable[..., Any]) -> str:

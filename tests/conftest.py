@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,10 +29,11 @@ from edge_server.broker.accounts import (
 from edge_server.broker.embedded import Mosquitto, TlsListener
 from edge_server.config import REPO_MQTT_CONFIG
 from edge_server.registry import installed_services
-from pyedge.auth import EXTENSION as AUTH_EXTENSION
-from pyedge.auth import Auth
-from pyedge.security import Role
 from pyedge.service import topic_root
+
+# Re-exported: the tests import them from here.
+from pyedge.testing import authorized_client, free_port
+from pyedge.testing import create_token as authorize  # noqa: F401
 from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.docker_engine import DockerEngine
 from tests.mqtt_recorder import MqttRecorder
@@ -83,14 +83,6 @@ def start_broker(
     mosquitto = Mosquitto(REPO_MQTT_CONFIG, directory, "127.0.0.1", free_port(), accounts, tls)
     mosquitto.start()
     return mosquitto
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(autouse=True)
@@ -149,19 +141,6 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     assert app.extensions["pyedge"].bus.wait_connected(5), "app did not reach the broker"
     yield app
     app.extensions["pyedge"].close()
-
-
-def authorize(app: Flask, role: Role = Role.ADMIN) -> str:
-    """A new API token of `role` on the app's node."""
-    auth: Auth = app.extensions[AUTH_EXTENSION]
-    return auth.accounts.create_token(f"test-{uuid.uuid4().hex[:10]}", role)
-
-
-def authorized_client(app: Flask, role: Role = Role.ADMIN) -> FlaskClient:
-    """A test client of the app that sends a token of `role` with every request."""
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {authorize(app, role)}"
-    return client
 
 
 @pytest.fixture

@@ -138,9 +138,12 @@ setup_venv() {
         venv_ok || die ".venv was created but its python has no pip"
     fi
     if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
-        say "installing pyedge[dev] into .venv (pip install -e '.[dev]')"
+        # editable_mode=compat: a path in a .pth file rather than an import hook, so that
+        # mypy in a service project of the user's (`pyedge new`) finds pyedge too.
+        say "installing pyedge[dev] into .venv (pip install -e '.[dev]', compat mode)"
         (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-            -e '.[dev]') || die "pip install -e '.[dev]' failed (see above)"
+            -e '.[dev]' --config-settings editable_mode=compat) \
+            || die "pip install -e '.[dev]' failed (see above)"
         touch "$STAMP"
     else
         say ".venv is up to date with pyproject.toml"

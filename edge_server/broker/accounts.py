@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_server.files import write_atomic
+from edge_server.registry import installed_services
 from pyedge import PyEdgeError
 from pyedge.config import NODE_ID_RE, SLUG_RE
 from pyedge.service import topic_root
@@ -188,10 +189,12 @@ def plan_accounts(
 def _service_account(
     name: str, description: str, root: str, node: str, slug: str, discovery_prefix: str
 ) -> AccountSpec:
-    """A service's account: it writes its own subtree (device-service: also discovery)."""
+    """A service's account: it writes its own subtree (device-service: also discovery),
+    and the topics of its node's other services that it declares (`mqtt_writes`)."""
+    declared = tuple(f"{root}/{node}/{topic}" for topic in declared_writes(slug))
     if slug != DEVICE_SERVICE:
         return AccountSpec(
-            name, description, read=(f"{root}/#",), write=(f"{root}/{node}/{slug}/#",)
+            name, description, read=(f"{root}/#",), write=(f"{root}/{node}/{slug}/#", *declared)
         )
     return AccountSpec(
         name,
@@ -199,6 +202,16 @@ def _service_account(
         read=(f"{root}/#", f"{discovery_prefix}/status"),
         write=(f"{root}/{node}/{slug}/#", f"{discovery_prefix}/+/{node}/#"),
     )
+
+
+def declared_writes(slug: str) -> tuple[str, ...]:
+    """What the installed service `slug` declares it publishes beyond its own subtree.
+
+    Looked up by slug, so that a login directory or a joined node names only the slug; a
+    service not installed here declares nothing.
+    """
+    service = installed_services().get(slug)
+    return service.mqtt_writes if service is not None else ()
 
 
 def joined_account_name(node: str, slug: str) -> str:

@@ -24,6 +24,7 @@ from edge_server.broker import standalone as standalone_broker
 from edge_server.cli import auth as cli_auth
 from edge_server.cli import mqtt as cli_mqtt
 from edge_server.cli import network as cli_network
+from edge_server.cli import new as cli_new
 from edge_server.config import EDGE_SECTION
 from edge_server.registry import configure
 from edge_server.serving import runner
@@ -295,6 +296,7 @@ root.add_command(cli_auth.token)
 root.add_command(cli_mqtt.mqtt)
 root.add_command(cli_network.join)
 root.add_command(cli_network.leave)
+root.add_command(cli_new.new)
 
 
 def invoke(args: list[str] | None, obj: dict[str, Any] | None = None) -> int:
