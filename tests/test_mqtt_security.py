@@ -39,7 +39,7 @@ from edge_server.broker.embedded import Mosquitto, TlsListener, find_mosquitto, 
 from edge_server.config import REPO_MQTT_CONFIG
 from edge_server.registry import configure
 from edge_server.security.tls import ensure_certificate
-from pyedge import Bus, BusSettings, ConfigError
+from pyedge import Bus, BusSettings, ConfigError, EdgeService
 from pyedge.bus_config import mqtt_login
 from tests.conftest import OBSERVER, Broker, app_login, free_port, start_broker
 from tests.mqtt_recorder import MqttRecorder
@@ -202,6 +202,42 @@ def test_home_assistant_may_switch_actuators_and_announce_itself_only(
         assert ha.publish(f"homeassistant/switch/{node_id}/pump/config").value == NOT_AUTHORIZED
     finally:
         ha.close()
+
+
+def test_a_service_writes_what_it_declares_on_its_node_and_nothing_more(
+    broker: Broker, everything: MqttRecorder, node_id: str
+) -> None:
+    # The alerts service declares mqtt_writes=("device-service/actuators/+/set",).
+    alerts = Publisher(broker.port, broker.login("alerts"), f"alerts-{node_id}")
+    try:
+        base = f"pyedge/{node_id}/device-service"
+        denied = [f"{base}/sensors/temp", f"{base}/actuators/pump", f"{base}/status"]
+        codes = {topic: alerts.publish(topic).value for topic in denied}
+        allowed = f"{base}/actuators/pump/set"
+        assert not alerts.publish(allowed, b"ON").is_failure
+        assert_never_delivered(everything, denied, allowed)
+        assert codes == dict.fromkeys(denied, NOT_AUTHORIZED)
+    finally:
+        alerts.close()
+    # On a node of its own only, as its subtree.
+    specs = {
+        spec.name: spec for spec in plan_accounts(root="pyedge", node="n1", services=["alerts"])
+    }
+    assert specs["alerts"].write == (
+        "pyedge/n1/alerts/#",
+        "pyedge/n1/device-service/actuators/+/set",
+    )
+
+
+@pytest.mark.parametrize(
+    "declared",
+    ["#", "+/actuators/+/set", "my-service/x", "device-service/#/x", "/device-service/x"],
+)
+def test_a_declared_write_must_name_another_service_and_stay_a_plain_filter(
+    declared: str,
+) -> None:
+    with pytest.raises(ValueError, match="mqtt_writes"):
+        EdgeService("my-service", title="Mine", version="1", mqtt_writes=(declared,))
 
 
 def test_a_site_prefixes_every_topic_and_its_node_accounts_stay_inside(
