@@ -35,13 +35,15 @@ if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
     from edge_server.broker.accounts import AccountSpec, BrokerAccounts
-    from edge_server.broker.embedded import Mosquitto
+    from edge_server.broker.embedded import Mosquitto, TlsListener
     from pyedge.service import EdgeService
 
 # The broker account solo mode's process logs in with: it writes every service's topics.
 EDGE_SERVER = "edge-server"
 # A read-only account (the broker's `subscriber`): what a test listens with.
 SUBSCRIBER = "subscriber"
+# The node of a test broker's accounts: any, so that each test may use a node id of its own.
+ANY_NODE = "+"
 # How long an app may take to reach the broker.
 CONNECT_TIMEOUT_S = 10.0
 
@@ -80,28 +82,45 @@ def free_port() -> int:
         return port
 
 
-def start_broker(
+def broker_accounts(
     directory: Path,
     *,
     site: str = "",
+    node: str = ANY_NODE,
     extra_accounts: Iterable[AccountSpec] = (),
-) -> Mosquitto:
-    """A real Mosquitto on a free port, with PyEdge's configuration and accounts for any node.
+) -> BrokerAccounts:
+    """A test broker's accounts in `directory`: every installed service's, as on a device.
 
-    Every installed service has its account, as on a device; the node is `+`, so that
-    each test may use a node id of its own. Stop it with `.stop()`.
+    By default for any node (`+`), so that each test may use a node id of its own.
     """
-    from edge_server.broker.accounts import ANY_NODE, ensure_accounts, plan_accounts
-    from edge_server.broker.embedded import Mosquitto
-    from edge_server.config import REPO_MQTT_CONFIG
+    from edge_server.broker.accounts import ensure_accounts, plan_accounts
     from edge_server.registry import installed_services
     from pyedge.service import topic_root
 
     root = topic_root(site)
-    specs = plan_accounts(root=root, node=ANY_NODE, services=installed_services())
-    accounts = ensure_accounts(directory, [*specs, *extra_accounts], root)
+    specs = plan_accounts(root=root, node=node, services=installed_services())
+    accounts: BrokerAccounts = ensure_accounts(directory, [*specs, *extra_accounts], root)
+    return accounts
+
+
+def start_broker(
+    directory: Path,
+    *,
+    site: str = "",
+    node: str = ANY_NODE,
+    extra_accounts: Iterable[AccountSpec] = (),
+    tls: TlsListener | None = None,
+) -> Mosquitto:
+    """A real Mosquitto on a free port with PyEdge's configuration and `broker_accounts`.
+
+    `tls` adds a TLS listener beside the plain one. Stop it with `.stop()`.
+    """
+    from edge_server.broker.embedded import Mosquitto
+    from edge_server.config import REPO_MQTT_CONFIG
+
+    accounts = broker_accounts(directory, site=site, node=node, extra_accounts=extra_accounts)
     config = Path(os.environ.get("EDGE_MQTT_CONFIG") or REPO_MQTT_CONFIG)
-    mosquitto = Mosquitto(config, directory, "127.0.0.1", free_port(), accounts)
+    mosquitto = Mosquitto(config, directory, "127.0.0.1", free_port(), accounts, tls)
     mosquitto.start()
     return mosquitto
 
@@ -228,7 +247,9 @@ class MqttRecorder:
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._cond:
-            self.messages.append(Received(message.topic, bytes(message.payload), bool(message.retain)))
+            self.messages.append(
+                Received(message.topic, bytes(message.payload), bool(message.retain))
+            )
             self._cond.notify_all()
 
 

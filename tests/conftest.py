@@ -23,16 +23,12 @@ from edge_server.broker.accounts import (
     SUBSCRIBER,
     AccountSpec,
     BrokerAccounts,
-    ensure_accounts,
-    plan_accounts,
 )
 from edge_server.broker.embedded import Mosquitto, TlsListener
-from edge_server.config import REPO_MQTT_CONFIG
-from edge_server.registry import installed_services
-from pyedge.service import topic_root
+from pyedge import testing
 
 # Re-exported: the tests import them from here.
-from pyedge.testing import authorized_client, free_port
+from pyedge.testing import authorized_client, free_port  # noqa: F401
 from pyedge.testing import create_token as authorize  # noqa: F401
 from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.docker_engine import DockerEngine
@@ -70,19 +66,16 @@ def app_login(accounts: BrokerAccounts) -> dict[str, str]:
 
 def broker_accounts(directory: Path, site: str = "", node: str = ANY_NODE) -> BrokerAccounts:
     """A test broker's accounts, OBSERVER's too; by default for any node (each test has its own)."""
-    root = topic_root(site)
-    specs = plan_accounts(root=root, node=node, services=installed_services())
-    return ensure_accounts(directory, [*specs, OBSERVER_SPEC], root)
+    return testing.broker_accounts(directory, site=site, node=node, extra_accounts=[OBSERVER_SPEC])
 
 
 def start_broker(
     directory: Path, site: str = "", node: str = ANY_NODE, tls: TlsListener | None = None
 ) -> Mosquitto:
     """A real Mosquitto with the project's configuration and test accounts, on a free port."""
-    accounts = broker_accounts(directory, site, node)
-    mosquitto = Mosquitto(REPO_MQTT_CONFIG, directory, "127.0.0.1", free_port(), accounts, tls)
-    mosquitto.start()
-    return mosquitto
+    return testing.start_broker(
+        directory, site=site, node=node, extra_accounts=[OBSERVER_SPEC], tls=tls
+    )
 
 
 @pytest.fixture(autouse=True)
