@@ -1,7 +1,7 @@
 # PyEdge's one image: every service, the edge-server and Mosquitto; the command picks which
 # (`pyedge run` by default: solo mode in one container). One image per machine type:
 #
-#   docker build --build-arg MACHINE_TYPE=rpi -t pyedge:0.1.0-rpi .
+#   docker build --target pyedge --build-arg MACHINE_TYPE=rpi -t pyedge:0.1.0-rpi .
 #
 # MACHINE_TYPE (pc_linux, pc_win, mac, rpi) becomes EDGE_MACHINE_TYPE, which picks the
 # device-service's default sensors. The base is the official multi-arch Python image
@@ -29,10 +29,12 @@ COPY edge_server edge_server
 COPY device_service device_service
 COPY container_manager container_manager
 COPY custom_service custom_service
+COPY media_player media_player
+COPY alerts alerts
 RUN /opt/pyedge/bin/pip install --no-deps . \
     && /opt/pyedge/bin/pyedge --version
 
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS pyedge
 # Debian's Mosquitto (2.0.11 on bookworm), for the bundle's mqtt container and solo mode.
 # The mount points exist, owned by the user, so that the volumes mounted there are too;
 # /run/pyedge/credentials stays root's: only volumes (mount points) appear in it.
@@ -67,3 +69,14 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-I", "-m", "edge_server.healthcheck"]
 ENTRYPOINT ["pyedge"]
 CMD ["run"]
+
+# The media-player's image: the same, with Debian's mpv (about 100 MB more), which only
+# that service needs. `--target pyedge` builds the image above without it; the compose
+# bundle builds both (`target:` in docker-compose.yml).
+FROM pyedge AS media-player
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mpv \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+USER pyedge

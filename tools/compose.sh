@@ -72,6 +72,7 @@ export_group_ids() {
     if [[ "$(env_value EDGE_MACHINE_TYPE)" == rpi ]]; then
         [[ -n "${I2C_GID:-}" ]] || { I2C_GID="$(group_id i2c)" && [[ -n "$I2C_GID" ]] && export I2C_GID; }
         [[ -n "${GPIO_GID:-}" ]] || { GPIO_GID="$(group_id gpio)" && [[ -n "$GPIO_GID" ]] && export GPIO_GID; }
+        [[ -n "${AUDIO_GID:-}" ]] || { AUDIO_GID="$(group_id audio)" && [[ -n "$AUDIO_GID" ]] && export AUDIO_GID; }
     fi
     return 0
 }

@@ -3,8 +3,10 @@
 #
 #   tools/setup.sh [all|run|test|bench|venv]
 #
-#   run                       Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto
-#   test, all (default)       the same, Chromium for the browser tests, and for the
+#   run                       Python >= 3.11, .venv with pyedge[dev] (editable), Mosquitto,
+#                             mpv (the media-player)
+#   test, all (default)       the same, Chromium for the browser tests, sox and ffmpeg (the
+#                             media-player's tests make their media), and for the
 #                             container-manager's tests a Docker engine (docker.io), a local
 #                             registry (docker-registry) and a static busybox (busybox-static);
 #                             the tests start their own dockerd and registry on their own sockets;
@@ -16,9 +18,10 @@
 #   venv                      only the Python part (what `make lint` and `make format` need)
 #
 # Idempotent: a second run only checks. pip runs again only when pyproject.toml is newer
-# than .venv/.installed. Missing system packages (python3-venv, mosquitto, chromium) are installed
-# with apt-get when we are root or have passwordless sudo, unless PYEDGE_NO_APT=1; else
-# the script says what to install and fails.
+# than .venv/.installed. Missing system packages (python3-venv, mosquitto, mpv; for the
+# tests chromium, sox, ffmpeg, docker.io...) are installed with apt-get when we are root or
+# have passwordless sudo, unless PYEDGE_NO_APT=1; else the script says what to install and
+# fails.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -216,6 +219,33 @@ setup_chromium() {
     say "chromium: $found"
 }
 
+setup_media() {
+    # The media-player plays through mpv: `make run` installs it (without it the service
+    # runs degraded and says why); its tests also make their media with sox and ffmpeg.
+    local what="$1" missing=()
+    find_program mpv >/dev/null || missing+=(mpv)
+    if [[ "$what" == test ]]; then
+        find_program sox >/dev/null || missing+=(sox)
+        find_program ffmpeg >/dev/null || missing+=(ffmpeg)
+    fi
+    if (( ${#missing[@]} == 0 )); then
+        say "mpv: $(find_program mpv)"
+        return 0
+    fi
+    if ! apt_allowed; then
+        if [[ "$what" == test ]]; then
+            die "the media-player's tests need: ${missing[*]}: sudo apt-get install" \
+                "${missing[*]}  (then run this again) [no apt: $APT_WHY_NOT]"
+        fi
+        say "note: mpv is not installed, so the media-player cannot play (sudo apt-get" \
+            "install mpv) [no apt: $APT_WHY_NOT]"
+        return 0
+    fi
+    say "installing for the media-player: ${missing[*]}"
+    apt_install "${missing[@]}"
+    find_program mpv >/dev/null || die "mpv is still not found after installing it"
+}
+
 setup_wrk() {
     # The served benchmark loads the API from a second process, as the issue measured it.
     local found
@@ -363,8 +393,12 @@ main() {
     if [[ "$what" != venv ]]; then
         setup_mosquitto
     fi
+    if [[ "$what" == run ]]; then
+        setup_media run
+    fi
     if [[ "$what" == test || "$what" == all ]]; then
         setup_chromium
+        setup_media test
         setup_docker_for_tests
         setup_compose_for_tests
     fi

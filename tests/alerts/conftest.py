@@ -16,6 +16,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_server import create_app
 from tests.conftest import Broker, authorized_client
+
+# gpiozero's mock pins (the only fake, below the drivers), as the device tests use them.
+from tests.device.conftest import mock_gpio
 from tests.mqtt_recorder import MqttRecorder
 
 # The pump is a gpio_out on gpiozero's mock pins (the fake below the driver seam); the
@@ -33,21 +36,11 @@ options = { pin = 27 }
 
 
 @pytest.fixture
-def mock_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """gpiozero's mock pins: the only fake, below the drivers."""
-    from gpiozero import Device
-
-    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    Device.pin_factory = None
-    yield
-    if Device.pin_factory is not None:
-        Device.pin_factory.reset()
-    Device.pin_factory = None
-
-
-@pytest.fixture
-def alerts_config(app_config: dict[str, Any], tmp_path: Path, mock_gpio: None) -> dict[str, Any]:
+def alerts_config(
+    app_config: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> dict[str, Any]:
     """alerts and the device-service on one node, ticking fast, retrying webhooks fast."""
+    request.getfixturevalue(mock_gpio.__name__)
     sensors = tmp_path / "sensors.toml"
     sensors.write_text(SENSORS)
     return {

@@ -18,13 +18,24 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 RPI_FILE = ROOT / "docker-compose.rpi.yml"
-SERVICES = ("mqtt", "edge-server", "device-service", "container-manager", "custom-service")
+SERVICES = (
+    "mqtt",
+    "edge-server",
+    "device-service",
+    "container-manager",
+    "custom-service",
+    "media-player",
+    "alerts",
+)
+# The Dockerfile's stage with mpv, and the service whose image it is.
+MEDIA_PLAYER = "media-player"
 VERSION = "0.1.0"
 
 
-def image_tag(machine_type: str) -> str:
-    """The image the compose file names for a machine type (its default version)."""
-    return f"pyedge:{VERSION}-{machine_type}"
+def image_tag(machine_type: str, target: str = "pyedge") -> str:
+    """The image the compose file names for a machine type and Dockerfile stage."""
+    name = "pyedge" if target == "pyedge" else f"pyedge-{target}"
+    return f"{name}:{VERSION}-{machine_type}"
 
 
 def compose_v1() -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.compose.bundle import ROOT, Bundle, image_tag
+from tests.compose.bundle import MEDIA_PLAYER, ROOT, Bundle, image_tag
 from tests.compose.images import build_base
 from tests.conftest import free_port
 from tests.docker_engine import DockerEngine
@@ -35,13 +35,19 @@ def docker_cli(engine: DockerEngine) -> list[str]:
     return [docker, "--host", engine.url]
 
 
-def build_image(engine: DockerEngine, machine_type: str, platform: str = "linux/amd64") -> float:
-    """`docker build` the repository's Dockerfile for a machine type; seconds it took."""
+def build_image(
+    engine: DockerEngine,
+    machine_type: str,
+    platform: str = "linux/amd64",
+    target: str = "pyedge",
+) -> float:
+    """`docker build` a stage of the repository's Dockerfile for a machine type; seconds taken."""
     started = time.monotonic()
+    tag = image_tag(machine_type, target)
     result = subprocess.run(
         [
-            *docker_cli(engine), "build", "--platform", platform,
-            "--build-arg", f"MACHINE_TYPE={machine_type}", "-t", image_tag(machine_type), str(ROOT),
+            *docker_cli(engine), "build", "--platform", platform, "--target", target,
+            "--build-arg", f"MACHINE_TYPE={machine_type}", "-t", tag, str(ROOT),
         ],
         # The classic builder: BuildKit on engine 20.10 wants to ask a registry about the base.
         env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True,
@@ -81,7 +87,14 @@ def pc_image(compose_engine: DockerEngine) -> str:
     FIGURES.setdefault("build_s", {})["pc_linux"] = round(
         build_image(compose_engine, "pc_linux"), 1
     )
+    # The media-player's image: the Dockerfile's last stage, the same with mpv.
+    FIGURES["build_s"]["media-player (pc_linux)"] = round(
+        build_image(compose_engine, "pc_linux", target=MEDIA_PLAYER), 1
+    )
     sizes = FIGURES.setdefault("image_mb", {})
+    sizes["media-player (amd64)"] = image_size_mb(
+        compose_engine, image_tag("pc_linux", MEDIA_PLAYER)
+    )
     for machine_type in ("pc_linux", "pc_win", "mac"):
         if machine_type != "pc_linux":
             FIGURES["build_s"][machine_type] = round(build_image(compose_engine, machine_type), 1)
@@ -104,6 +117,8 @@ def bundle_settings(engine: DockerEngine) -> dict[str, str]:
         "MQTT_TLS_PORT": str(free_port()),
         "DOCKER_SOCKET": str(engine.socket),
         "DOCKER_GID": str(engine.socket.stat().st_gid),
+        # No sound card here, as on a server: mpv plays into nothing.
+        "MEDIA_AUDIO_OUTPUT": "null",
     }
 
 

@@ -1,13 +1,15 @@
-"""A user's own service beside the bundle's, laid out as the README says (CustomProject/
-with the framework as pyedge/, CustomService/ and a compose file: the files of
-examples/custom-project/), run with docker-compose 1.29, Debian's package."""
+"""A user's own service beside the bundle's, as the README says: made by `pyedge new service
+my-service` beside the framework's checkout (pyedge/), run with its own compose file under
+docker-compose 1.29, Debian's package."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,7 @@ from tests.docker_engine import DockerEngine
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLE = ROOT / "examples" / "custom-project"
+PYEDGE = str(Path(sys.executable).parent / "pyedge")
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +29,21 @@ def project(
     """CustomProject/ up with the README's command, every container healthy."""
     custom_project = tmp_path_factory.mktemp("CustomProject")
     (custom_project / "pyedge").symlink_to(ROOT)
-    shutil.copytree(EXAMPLE / "CustomService", custom_project / "CustomService")
-    shutil.copy(EXAMPLE / "docker-compose.yml", custom_project / "docker-compose.yml")
+    subprocess.run(
+        [PYEDGE, "new", "service", "my-service", "--dir", str(custom_project)],
+        check=True,
+        capture_output=True,
+    )
     bundle = Bundle(
         docker_host=compose_engine.url,
         socket=compose_engine.socket,
         workdir=custom_project,
         project=f"pyedge-user-{os.getpid()}",
         settings=bundle_settings(compose_engine),
-        files=(custom_project / "pyedge/docker-compose.yml", custom_project / "docker-compose.yml"),
+        files=(
+            custom_project / "pyedge/docker-compose.yml",
+            custom_project / "my-service/docker-compose.yml",
+        ),
         project_directory=custom_project / "pyedge",
         services=(*SERVICES, "my-service"),
         v1=True,
@@ -61,11 +69,11 @@ def test_a_users_own_service_joins_the_bundle(project: Bundle) -> None:
     assert tree["my-service"]["health"]["status"] == "ok"
     hello = project.api("GET", "/api/my-service/hello", token)
     assert hello.status_code == 200, hello.text
-    assert hello.json() == {"message": "Hello from my-service", "node": "ci-pi"}
-    started = project.api("POST", "/api/my-service/ops/count/start", token, json={"to": 5})
+    assert hello.json() == {"message": "Hello, world!", "node": "ci-pi"}
+    started = project.api("POST", "/api/my-service/ops/count/start", token, json={"to": 3})
     assert started.status_code == 202, started.text
     done = project.api("POST", "/api/my-service/ops/count/wait?timeout=30", token).json()
-    assert done["state"] == "done" and done["messages"][-1]["text"] == "counted to 5", done
+    assert done["state"] == "done" and done["messages"][-1]["text"] == "counted to 3", done
     # Its broker login was handed to it alone: the other services' volumes do not have it.
     logins = project.exec("mqtt", "ls", "/run/pyedge/credentials").split()
     assert sorted(logins) == sorted([*SERVICES[1:], "my-service"])
