@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 from flask import request
 from flask.views import MethodView
 from flask_smorest import abort
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from media_player.library import MediaError
 from media_player.schemas import MediaSchema, PlayerPatch, PlayerSchema, UploadFile, UploadForm
@@ -15,6 +16,28 @@ from media_player.service import control, library_of, player_state, service
 from pyedge.security import Role, requires
 
 blp = service.blueprint
+# What a multipart form adds to the file itself: its boundaries, headers and `name`.
+FORM_OVERHEAD = 64 * 1024
+
+
+def upload_limit() -> int:
+    """The largest upload in bytes (max_upload_mb)."""
+    return int(service.runtime().settings["max_upload_mb"] * 1024 * 1024)
+
+
+@blp.before_request
+def limit_uploads() -> None:
+    """Refuse an upload over the limit as it arrives, before werkzeug spools it (a 413)."""
+    if request.method == "POST" and request.path == f"{blp.url_prefix}/media":
+        request.max_content_length = upload_limit() + FORM_OVERHEAD
+
+
+@blp.errorhandler(RequestEntityTooLarge)
+def too_large(exc: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
+    """werkzeug's 413 in the API's error envelope, saying what the limit is."""
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    message = f"upload larger than {upload_limit()} bytes (max_upload_mb)"
+    return {"code": status.value, "status": status.phrase, "message": message}, status.value
 
 
 def refuse(exc: MediaError, named: bool = False) -> NoReturn:
@@ -46,12 +69,8 @@ class MediaList(MethodView):
         runtime = service.runtime()
         upload = files["file"]
         name = form.get("name") or upload.filename or ""
-        limit = int(runtime.settings["max_upload_mb"] * 1024 * 1024)
-        # A declared length over the limit is refused before a byte is written.
-        if request.content_length is not None and request.content_length > limit + 64 * 1024:
-            abort(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message=f"upload larger than {limit} bytes")
         try:
-            return library_of(runtime).store(name, upload.stream, limit, form["overwrite"])
+            return library_of(runtime).store(name, upload.stream, upload_limit(), form["overwrite"])
         except MediaError as exc:
             refuse(exc)
 

@@ -48,7 +48,8 @@ def test_list_upload_delete_roles(media_app: Flask, tone: Path) -> None:
     for name, body, status in (
         ("junk.mp3", b"not audio at all\n" * 50, 415),  # the extension passes, mpv does not
         ("notes.txt", data, 415),
-        ("big.wav", data + b"\0" * 120_000, 413),
+        ("big.wav", data + b"\0" * 120_000, 413),  # refused while written
+        ("huge.wav", data + b"\0" * 400_000, 413),  # refused at the door, never spooled
         ("../escape.wav", data, 422),
     ):
         answer = upload(operator, name, body)
