@@ -316,3 +316,22 @@ def test_a_bad_panel_fails_at_declaration() -> None:
         AdminPanel(title="x", source="things", edit="things/{name}")
     with pytest.raises(ValueError, match="method"):
         AdminPanel(title="x", source="things", method="DELETE")
+
+
+@pytest.mark.parametrize(
+    ("slug", "titles"),
+    [("alerts", ["Rules", "Recent events"]), ("media-player", ["Player", "Media"])],
+)
+def test_the_user_services_panels_read_their_own_endpoints(
+    make_app: Any, slug: str, titles: list[str]
+) -> None:
+    # Services on the public SDK only: their panels are data, each drawn from an endpoint
+    # of theirs that a viewer may read; an editable one edits through an endpoint of theirs.
+    app = make_app(EDGE_SERVICES=slug, EDGE_MEDIA_PLAYER_AUDIO_OUTPUT="null")
+    viewer = authorized_client(app, Role.VIEWER)
+    panels = authorized_client(app).get(f"/api/{slug}/admin").json["panels"]
+    assert [panel["title"] for panel in panels] == titles
+    for panel in panels:
+        assert viewer.get(f"/api/{slug}/{panel['source']}").status_code == 200, panel
+        if panel["edit"] is not None:
+            assert panel["role"] == "operator" and panel["form_schema"]["properties"], panel
