@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,22 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     assert app.extensions["pyedge"].bus.wait_connected(5), "app did not reach the broker"
     yield app
     app.extensions["pyedge"].close()
+
+
+@pytest.fixture
+def make_app(app_config: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
+    """`make_app(**settings)`: an app on the test broker, connected; closed after the test."""
+    apps: list[Flask] = []
+
+    def make(**settings: Any) -> Flask:
+        app = create_app({**app_config, **settings})
+        apps.append(app)
+        assert app.extensions["pyedge"].bus.wait_connected(5), "app did not reach the broker"
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["pyedge"].close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_server import create_app
 from pyedge.admin import LOG_LINES, AdminPanel, RingHandler
 from pyedge.schemas import HIDDEN
 from pyedge.security import Role
@@ -35,21 +33,6 @@ options = { waveform = "sine", minimum = 0.0, maximum = 10.0, period = 60 }
 
 def by_key(admin: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["key"]: row for row in admin["settings"]}
-
-
-@pytest.fixture
-def make_app(app_config: dict[str, Any]) -> Iterator[Any]:
-    """`make_app(**settings)`: an app on the test broker, closed after the test."""
-    apps: list[Flask] = []
-
-    def make(**settings: Any) -> Flask:
-        app = create_app({**app_config, **settings})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["pyedge"].close()
 
 
 @pytest.fixture

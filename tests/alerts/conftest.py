@@ -14,7 +14,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_server import create_app
 from tests.conftest import Broker, authorized_client
 
 # gpiozero's mock pins (the only fake, below the drivers), as the device tests use them.
@@ -36,7 +35,7 @@ options = { pin = 27 }
 
 
 @pytest.fixture
-def alerts_config(
+def app_config(
     app_config: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
 ) -> dict[str, Any]:
     """alerts and the device-service on one node, ticking fast, retrying webhooks fast."""
@@ -52,22 +51,6 @@ def alerts_config(
         "EDGE_ALERTS_WEBHOOK_BACKOFF": 0.05,
         "EDGE_ALERTS_WEBHOOK_TIMEOUT": 2.0,
     }
-
-
-@pytest.fixture
-def make_app(alerts_config: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
-    """Start an app with extra settings; every app started is closed after the test."""
-    apps: list[Flask] = []
-
-    def make(**extra: Any) -> Flask:
-        app = create_app({**alerts_config, **extra})
-        assert app.extensions["pyedge"].bus.wait_connected(5)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["pyedge"].close()
 
 
 @pytest.fixture
